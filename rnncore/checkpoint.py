@@ -58,9 +58,10 @@ def save(path: str | os.PathLike, cfg: TrainConfig, vocab: Vocab, state: TrainSt
 def _open(path: str | os.PathLike) -> dict[str, np.ndarray]:
     path = os.fspath(path)
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if not isinstance(z, np.lib.npyio.NpzFile):
-                raise CheckpointError(f"{path} is a single .npy array, not an rnncore checkpoint (.npz)")
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):  # a plain .npy gives an ndarray, which has no `with`
+            raise CheckpointError(f"{path} is a single .npy array, not an rnncore checkpoint (.npz)")
+        with z:
             return {k: z[k] for k in z.files}
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint not found: {path}") from None

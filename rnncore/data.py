@@ -98,9 +98,9 @@ def check_fits(corpus: Corpus, seq_length: int, batch_size: int = 1) -> None:
     """Each of the B streams owns N // B characters and needs at least seq_length + 2 of them."""
     n, need = len(corpus.train), (seq_length + 2) * batch_size
     if n < need:
-        what = f"seq_length + 2 = {seq_length + 2}" if batch_size == 1 else \
-            f"(seq_length + 2) x batch_size = {seq_length + 2} x {batch_size}"
-        raise CorpusError(f"training split of {corpus.path} has {n} characters, but {what} = {need} are needed; "
+        what = f"seq_length + 2 = {need}" if batch_size == 1 else \
+            f"(seq_length + 2) x batch_size = {seq_length + 2} x {batch_size} = {need}"
+        raise CorpusError(f"training split of {corpus.path} has {n} characters, but {what} are needed; "
                           "lower seq_length or batch_size, or add text")
 
 

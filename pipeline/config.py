@@ -1,0 +1,896 @@
+"""The sweep file: its schema, its validation and the trial plan it describes.
+
+A sweep file is YAML (see ``sweeps/basic.yaml``)::
+
+    name: basic
+    data: {path: data/tinyshakespeare.txt, val_fraction: 0.1}
+    train:                                    # every rnncore option
+      hidden_size: {grid_search: [64, 128]}   # a one-key mapping is searched
+      learning_rate: {loguniform: [0.01, 0.3]}
+      batch_size: 8                           # a plain value is fixed
+    num_samples: 3
+    scheduler: {type: asha, grace_period: 500}
+
+``load_sweep(path)`` reads and checks all of it without side effects and returns a
+``SweepConfig``, or raises one ``ConfigError`` that lists every problem as
+``dotted.key: rule, but got value; fix``.
+
+The ``train:`` section accepts exactly the engine's options (``rnncore.config.FIELD_NAMES``)
+and checks each value with the engine's own rules (``rnncore.config.check_value``); nothing
+about them is declared twice. A searched option is a ``Domain`` named after Ray Tune's
+sampling functions, with their argument order (``randint``'s high is exclusive).
+
+Importing this module imports neither Ray nor MLflow; ``Domain.to_tune`` imports
+``ray.tune`` when it is called.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from rnncore.config import FIELD_NAMES, FIELD_TYPES, TrainConfig, check_value, coerce
+from rnncore.data import CorpusError, check_fits, load_corpus
+
+__all__ = [
+    "AshaScheduler",
+    "ConfigError",
+    "DataConfig",
+    "Domain",
+    "FILE_KEYS",
+    "FifoScheduler",
+    "METRICS",
+    "MlflowConfig",
+    "RayConfig",
+    "Resources",
+    "SEARCH_KINDS",
+    "Scheduler",
+    "SearchKind",
+    "SweepConfig",
+    "load_sweep",
+    "resolve_data_path",
+]
+
+SearchKind = Literal[
+    "grid_search", "choice", "uniform", "quniform", "loguniform", "qloguniform", "randint", "qrandint",
+    "lograndint",
+]
+SEARCH_KINDS: tuple[str, ...] = get_args(SearchKind)
+
+# Metric -> (the direction that is better, what it measures). All of them are losses today.
+METRICS: dict[str, tuple[str, str]] = {
+    "val_loss": ("min", "nats/char on the validation split"),
+    "val_bpc": ("min", "bits/char on the validation split"),
+    "train_loss": ("min", "nats/char on the training batches"),
+}
+MetricName = Literal["val_loss", "val_bpc", "train_loss"]
+
+_CATEGORICAL = ("grid_search", "choice")
+# Range kinds -> (required argument names, optional argument names), in Ray Tune's order.
+_RANGE_ARGS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "uniform": (("low", "high"), ()),
+    "quniform": (("low", "high", "q"), ()),
+    "loguniform": (("low", "high"), ("base",)),
+    "qloguniform": (("low", "high", "q"), ("base",)),
+    "randint": (("low", "high"), ()),
+    "qrandint": (("low", "high", "q"), ()),
+    "lograndint": (("low", "high"), ("base",)),
+}
+_FLOAT_KINDS = ("uniform", "quniform", "loguniform", "qloguniform")
+_INT_KINDS = ("randint", "qrandint", "lograndint")
+_LOG_KINDS = ("loguniform", "qloguniform", "lograndint")
+_INT_COUNTERPART = {"uniform": "randint", "quniform": "qrandint", "loguniform": "lograndint",
+                    "qloguniform": "lograndint or qrandint"}
+
+Problem = tuple[str, str]  # (dotted key, "rule, but got value; fix")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class ConfigError(Exception):
+    """A sweep file that cannot run. ``problems`` holds one ``key: rule, but got value; fix`` line each."""
+
+    def __init__(self, problems: Sequence[str], source: str | os.PathLike | None = None) -> None:
+        self.problems: list[str] = list(problems)
+        self.source: str | None = os.fspath(source) if source is not None else None
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        n = len(self.problems)
+        where = f" in {self.source}" if self.source else ""
+        head = f"{n} problem{'s' if n != 1 else ''}{where}:"
+        return "\n".join([head, *(f"  - {p}" for p in self.problems)])
+
+    def __str__(self) -> str:
+        return self._message()
+
+    def __reduce__(self):  # keeps `problems` intact through pickling (Ray, multiprocessing)
+        return (type(self), (self.problems, self.source))
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _unknown(key: Any, valid: Iterable[str], what: str = "key") -> str:
+    valid, key = list(valid), str(key)
+    close = difflib.get_close_matches(key, valid, n=1) or [  # else a prefix: grace -> grace_period
+        v for v in valid if len(key) >= 3 and (v.startswith(key) or key.startswith(v))][:1]
+    hint = f"did you mean {close[0]!r}?" if close else f"valid {what}s: {', '.join(valid)}"
+    return f"unknown {what}; {hint}"
+
+
+def _number_hint(value: Any) -> str | None:
+    """The fix for a number that YAML read as text, e.g. ``1e-3`` (YAML 1.1 needs ``1.0e-3``)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    if re.fullmatch(r"\s*[-+]?\d+[eE][-+]?\d+\s*", value):
+        return f"YAML reads {value} as text because it has no decimal point; write {number!r} instead"
+    return "remove the quotes so YAML reads it as a number"
+
+
+# --------------------------------------------------------------------------- search domains
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _is_integral(x: Any) -> bool:
+    return _is_number(x) and float(x).is_integer()
+
+
+def _multiple_of(x: float, q: float) -> bool:
+    return math.isclose(x / q, round(x / q))  # Ray Tune's own test for quantized float bounds
+
+
+def _arg_spec(kind: str) -> str:
+    required, optional = _RANGE_ARGS[kind]
+    return ", ".join([*required, *(f"{o} (optional)" for o in optional)])
+
+
+def _domain_problems(kind: str, args: tuple) -> list[str]:
+    """What is wrong with ``{kind: args}`` regardless of the option it searches (empty = fine)."""
+    if kind not in SEARCH_KINDS:
+        return [_unknown(kind, SEARCH_KINDS, "search key")]
+    if kind in _CATEGORICAL:
+        if not args:
+            return ["must list at least one value, but got []; add values, or write the option as a plain value"]
+        return []
+    required, optional = _RANGE_ARGS[kind]
+    if not len(required) <= len(args) <= len(required) + len(optional):
+        return [f"takes [{_arg_spec(kind)}], but got {len(args)} value(s) {list(args)!r}; "
+                f"write {kind}: [{', '.join(required)}]"]
+    named = dict(zip((*required, *optional), args))
+    problems = []
+    for arg, x in named.items():
+        if not _is_number(x):
+            fix = _number_hint(x) or "write a finite number"
+            problems.append(f"{arg} must be a number, but got {_show(x)}; {fix}")
+        elif kind in _INT_KINDS and not _is_integral(x):
+            problems.append(f"{arg} must be an integer for {kind}, but got {arg}={x!r}; use whole numbers, "
+                            f"or {_FLOAT_KINDS[0]}/{_FLOAT_KINDS[2]} for a float option")
+    if problems:
+        return problems
+    low, high, q, base = named["low"], named["high"], named.get("q"), named.get("base")
+    if not low < high:
+        fix = "swap them" if low > high else "widen the range, or write the option as a plain value"
+        problems.append(f"low < high must hold, but got (low={low!r}, high={high!r}); {fix}")
+    if q is not None and not q > 0:
+        problems.append(f"q > 0 must hold, but got q={q!r}; use a positive step")
+    if kind in _LOG_KINDS and not low > 0:
+        problems.append(f"low > 0 must hold on a log scale, but got low={low!r}; start the range above zero")
+    if base is not None and not (base > 0 and base != 1):
+        problems.append(f"base > 0 and base != 1 must hold, but got base={base!r}; use 10, or leave it out "
+                        "(the base does not change a log-uniform distribution)")
+    if problems or q is None:
+        return problems
+    if kind in ("quniform", "qloguniform") and not (_multiple_of(low, q) and _multiple_of(high, q)):
+        problems.append(f"low and high must be multiples of q, but got (low={low!r}, high={high!r}, q={q!r}); "
+                        "pick a q that divides both")
+    if kind == "qrandint" and -(-low // q) * q > high:
+        problems.append(f"a multiple of q must lie in [low, high], but got (low={low!r}, high={high!r}, q={q!r}); "
+                        "lower q or widen the range")
+    return problems
+
+
+@dataclass(frozen=True)
+class Domain:
+    """One searched option: a Ray Tune sampling function (``kind``) and its arguments, in Ray's order.
+
+    ``grid_search`` and ``choice`` take the list of values; ranges take ``[low, high]`` plus ``q``
+    for the quantized kinds and an optional ``base`` for the log kinds (accepted for Ray Tune's
+    signatures; it does not change the distribution and is not passed on).
+    """
+
+    kind: SearchKind
+    args: tuple
+
+    def __post_init__(self) -> None:
+        args = tuple(self.args)
+        problems = _domain_problems(self.kind, args)
+        if problems:
+            raise ValueError(f"{self.kind}: " + "; ".join(problems))
+        if self.kind in _INT_KINDS:
+            args = tuple(int(a) for a in args)
+        object.__setattr__(self, "args", args)
+
+    @property
+    def is_grid(self) -> bool:
+        """True for ``grid_search``: every value runs (times ``num_samples``) instead of being drawn."""
+        return self.kind == "grid_search"
+
+    @property
+    def is_categorical(self) -> bool:
+        return self.kind in _CATEGORICAL
+
+    def values(self) -> tuple:
+        """The listed values of a ``grid_search`` or ``choice``."""
+        if not self.is_categorical:
+            raise TypeError(f"values() is for grid_search and choice, but this domain is {self.kind}; use bounds()")
+        return self.args
+
+    def bounds(self) -> tuple[float, float]:
+        """``(low, high)`` of a range, as written (``randint``/``lograndint`` exclude ``high``)."""
+        if self.is_categorical:
+            raise TypeError(f"bounds() is for ranges, but this domain is {self.kind}; use values()")
+        return self.args[0], self.args[1]
+
+    @property
+    def q(self) -> float | None:
+        return self.args[2] if self.kind in ("quniform", "qloguniform", "qrandint") else None
+
+    def extremes(self) -> tuple[Any, Any]:
+        """The smallest and largest value a trial can actually get (numeric domains)."""
+        if self.is_categorical:
+            return min(self.args), max(self.args)
+        low, high = self.bounds()
+        if self.kind in ("randint", "lograndint") or (self.kind == "qrandint" and self.q == 1):
+            return low, high - 1
+        if self.kind == "qrandint":
+            q = self.q
+            return -(-low // q) * q, (high // q) * q
+        return low, high
+
+    def to_tune(self) -> Any:
+        """The Ray Tune search-space object, e.g. ``tune.loguniform(0.01, 0.3)``."""
+        from ray import tune  # lazy: importing pipeline.config must not import Ray
+
+        if self.is_categorical:
+            return getattr(tune, self.kind)(list(self.args))
+        required, _ = _RANGE_ARGS[self.kind]
+        return getattr(tune, self.kind)(*self.args[: len(required)])
+
+    def describe(self) -> str:
+        """One line for the trial plan, e.g. ``loguniform in [0.01, 0.3]``."""
+        if self.is_grid:
+            return f"grid_search over {list(self.args)} (every value is run)"
+        if self.kind == "choice":
+            return f"choice of {list(self.args)} (drawn per trial)"
+        low, high = self.bounds()
+        closing = ")" if self.kind in ("randint", "lograndint") or self.q == 1 else "]"
+        step = f" in steps of {self.q}" if self.q is not None else ""
+        return f"{self.kind} in [{low}, {high}{closing}{step}"
+
+    def __str__(self) -> str:
+        return f"{{{self.kind}: {list(self.args)}}}"
+
+
+# --------------------------------------------------------------------------- the train: section
+
+
+def _strip_name(name: str, message: str) -> str:
+    return message[len(name) + 1:] if message.startswith(name + " ") else message
+
+
+def _value_problem(name: str, value: Any) -> str | None:
+    """The engine's verdict on one value of option ``name``, without the option's name in front."""
+    try:
+        coerce(name, value)
+    except ValueError as e:
+        kind = {int: "a whole number", float: "a number", str: "a string"}.get(FIELD_TYPES[name], "a value")
+        fix = _number_hint(value) or f"write {kind} such as {getattr(TrainConfig, name)!r} (the default)"
+        return f"{_strip_name(name, str(e))}; {fix}"
+    try:
+        check_value(name, value)
+    except ValueError as e:
+        return _strip_name(name, str(e))
+    return None
+
+
+def _option_problems(name: str, domain: Domain) -> tuple[Domain | None, list[str]]:
+    """Check a domain against option ``name``; return it with its values coerced to the option's type."""
+    ftype = FIELD_TYPES[name]
+    if ftype is str and not domain.is_categorical:
+        return None, [f"{name} is a text option, so it can only be fixed or searched with grid_search or choice, "
+                      f"but got {domain.kind}; list the values, e.g. {{choice: [...]}}"]
+    if ftype is int and domain.kind in _FLOAT_KINDS:
+        return None, [f"{name} is an integer option, but {domain.kind} draws floats; "
+                      f"use {_INT_COUNTERPART[domain.kind]} instead"]
+    if domain.is_categorical:
+        problems = []
+        for i, v in enumerate(domain.args):
+            p = _value_problem(name, v)
+            if p:
+                problems.append(f"value {i} {p}")
+        if problems:
+            return None, problems
+        return Domain(domain.kind, tuple(coerce(name, v) for v in domain.args)), []
+    problems = []
+    for label, v in zip(("smallest value", "largest value"), domain.extremes()):
+        p = _value_problem(name, v)
+        if p:
+            problems.append(f"{label} {p}")
+    return (None, problems) if problems else (domain, [])
+
+
+def _parse_option(name: str, value: Any, key: str) -> tuple[Any, list[Problem]]:
+    """A fixed value (coerced) or a Domain for option ``name``, or (None, problems)."""
+    if isinstance(value, Domain):
+        domain = value
+    elif isinstance(value, Mapping):
+        if len(value) != 1:
+            return None, [(key, f"a searched option is a one-key mapping such as {{choice: [...]}}, but got "
+                                f"{len(value)} keys {list(value)!r}; keep exactly one of {', '.join(SEARCH_KINDS)}")]
+        kind, args = next(iter(value.items()))
+        where = f"{key}.{kind}"
+        if kind not in SEARCH_KINDS:
+            return None, [(where, _unknown(kind, SEARCH_KINDS, "search key"))]
+        if not isinstance(args, list):
+            spec = "values" if kind in _CATEGORICAL else _arg_spec(kind)
+            return None, [(where, f"takes a list [{spec}], but got {_show(args)}; write {kind}: [{spec}]")]
+        structural = _domain_problems(kind, tuple(args))
+        if structural:
+            return None, [(where, p) for p in structural]
+        domain = Domain(kind, tuple(args))
+    else:
+        p = _value_problem(name, value)
+        return (None, [(key, p)]) if p else (coerce(name, value), [])
+    checked, problems = _option_problems(name, domain)
+    return checked, [(f"{key}.{domain.kind}", p) for p in problems]
+
+
+def _parse_train(raw: Any) -> tuple[dict[str, Any], list[Problem]]:
+    """The valid entries of a ``train:`` mapping, and a problem for each invalid one."""
+    if raw is None:
+        return {}, []
+    if not isinstance(raw, Mapping):
+        return {}, [("train", f"must be a mapping of rnncore options, but got {_show(raw)}; "
+                              "write one option per line, e.g. hidden_size: 128")]
+    train: dict[str, Any] = {}
+    problems: list[Problem] = []
+    for name, value in raw.items():
+        key = f"train.{name}"
+        if name not in FIELD_NAMES:
+            problems.append((key, _unknown(name, FIELD_NAMES)))
+            continue
+        parsed, option_problems = _parse_option(name, value, key)
+        problems += option_problems
+        if not option_problems:
+            train[name] = parsed
+    return train, problems
+
+
+def _value_range(train: Mapping[str, Any], name: str) -> tuple[Any, Any]:
+    value = train.get(name, getattr(TrainConfig, name))
+    return value.extremes() if isinstance(value, Domain) else (value, value)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _local_path(value: Any) -> Path:
+    if isinstance(value, Path):
+        return Path(os.path.abspath(value.expanduser()))
+    if isinstance(value, str) and value.strip():
+        return Path(os.path.abspath(os.path.expanduser(value)))
+    raise ValueError(f"must be a folder path, but got {_show(value)}; write e.g. results/my_sweep")
+
+
+def _storage(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"must be a folder path or URI, but got {_show(value)}; write e.g. s3://bucket/sweeps, "
+                         "or leave it out for Ray Tune's default")
+    return value if "://" in value else str(_local_path(value))
+
+
+def _empty_as_default(value: Any) -> Any:
+    return {} if value is None else value
+
+
+def resolve_data_path(path: Path, base_dir: Path | None) -> Path:
+    """``path`` if absolute, else the first existing of ``base_dir/path`` and ``cwd/path``; else ValueError."""
+    path = path.expanduser()
+    if path.is_absolute():
+        candidates = [path]
+    else:
+        candidates = list(dict.fromkeys(d / path for d in (base_dir, Path.cwd()) if d is not None))
+    for candidate in candidates:
+        if candidate.exists():
+            if not candidate.is_file():
+                raise ValueError(f"must name a file, but got {str(path)!r}, which is a folder ({candidate}); "
+                                 "point it at the UTF-8 text file inside")
+            return candidate.resolve()
+    tried = " or ".join(str(c) for c in candidates)
+    raise ValueError(f"must name an existing file, but got {str(path)!r}, which was not found (looked for {tried}); "
+                     "fix the path, relative to the sweep file's folder or the working directory")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+class DataConfig(_Section):
+    """``data:`` the corpus. ``path`` is absolute and names an existing file once validated."""
+
+    path: Path
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _resolve(cls, value: Any, info: ValidationInfo) -> Path:
+        if not isinstance(value, (str, Path)) or not str(value).strip():
+            raise ValueError(f"must be a file path, but got {_show(value)}; write e.g. path: data/tinyshakespeare.txt")
+        base_dir = (info.context or {}).get("base_dir")
+        return resolve_data_path(Path(value), Path(base_dir) if base_dir is not None else None)
+
+
+class FifoScheduler(_Section):
+    """``scheduler: {type: fifo}``: every trial runs to its last iteration."""
+
+    type: Literal["fifo"] = "fifo"
+
+
+class AshaScheduler(_Section):
+    """``scheduler: {type: asha}``: asynchronous successive halving; times are engine iterations."""
+
+    type: Literal["asha"]
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(3, gt=1)
+    max_t: int | None = Field(None, ge=1)  # None on its own; SweepConfig fills in the largest `iterations`
+
+
+Scheduler = Annotated[Union[FifoScheduler, AshaScheduler], Field(discriminator="type")]
+_SCHEDULERS: dict[str, type[_Section]] = {"fifo": FifoScheduler, "asha": AshaScheduler}
+
+
+class Resources(_Section):
+    """``resources:`` per trial."""
+
+    cpu: float = Field(1, gt=0)
+    gpu: float = Field(0, ge=0)
+
+
+class MlflowConfig(_Section):
+    """``mlflow:`` where runs are logged. ``tracking_uri`` None = the driver's default local store."""
+
+    experiment: str = Field(min_length=1)
+    tracking_uri: str | None = Field(None, min_length=1)
+
+
+class RayConfig(_Section):
+    """``ray:`` the cluster. ``address`` None = start a local Ray instance."""
+
+    address: str | None = Field(None, min_length=1)
+
+
+# --------------------------------------------------------------------------- the sweep
+
+
+class SweepConfig(_Section):
+    """A validated sweep file. Build it with ``load_sweep``; paths are absolute."""
+
+    name: str
+    data: DataConfig
+    train: dict[str, Union[Any, Domain]] = Field(default_factory=dict)
+    num_samples: int = Field(1, ge=1)
+    seed: int = Field(0, ge=0)
+    metric: MetricName = "val_loss"
+    mode: Literal["min", "max"] = "min"
+    scheduler: Scheduler = Field(default_factory=FifoScheduler)
+    max_concurrent_trials: int | None = Field(None, ge=1)
+    resources: Annotated[Resources, BeforeValidator(_empty_as_default)] = Field(default_factory=Resources)
+    mlflow: MlflowConfig
+    output: Annotated[Path, BeforeValidator(_local_path)]
+    time_budget_s: float | None = Field(None, gt=0)
+    max_failures: int = Field(2, ge=0)
+    ray: Annotated[RayConfig, BeforeValidator(_empty_as_default)] = Field(default_factory=RayConfig)
+    storage: Annotated[str | None, BeforeValidator(_storage)] = None
+    source_path: Path | None = None
+    source_text: str = Field("", repr=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_defaults(cls, data: Any) -> Any:
+        """output = results/<name>, mlflow.experiment = name, asha max_t = the largest iterations."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        name = data.get("name") if isinstance(data.get("name"), str) else "sweep"  # a bad name is reported
+        data.setdefault("output", f"results/{name}")
+        mlflow = {} if data.get("mlflow") is None else data["mlflow"]
+        if isinstance(mlflow, dict):
+            data["mlflow"] = {"experiment": name, **mlflow}
+        scheduler = data.get("scheduler")
+        if scheduler is None or isinstance(scheduler, str):
+            scheduler = data["scheduler"] = {"type": scheduler or "fifo"}
+        if isinstance(scheduler, dict) and scheduler.get("type") == "asha" and scheduler.get("max_t") is None:
+            train, problems = _parse_train(data.get("train"))
+            if not any(key.startswith("train.iterations") for key, _ in problems):
+                data["scheduler"] = {**scheduler, "max_t": _value_range(train, "iterations")[1]}
+        return data
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+            fix = re.sub(r"[^A-Za-z0-9._-]+", "_", value).strip("._-") or "my_sweep"
+            raise ValueError(f"must be letters, digits, '.', '_' or '-' (it names a folder and an MLflow "
+                             f"experiment), but got {value!r}; try {fix!r}")
+        return value
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _check_train(cls, value: Any) -> dict[str, Any]:
+        train, problems = _parse_train(value)
+        if problems:
+            raise ValueError("; ".join(f"{key}: {text}" for key, text in problems))
+        return train
+
+    # ---- views of the train section
+
+    @property
+    def fixed(self) -> dict[str, Any]:
+        """The train options the file fixes, coerced to the engine's types (defaults not included)."""
+        return {k: v for k, v in self.train.items() if not isinstance(v, Domain)}
+
+    @property
+    def searched(self) -> dict[str, Domain]:
+        """The train options the file searches, in file order."""
+        return {k: v for k, v in self.train.items() if isinstance(v, Domain)}
+
+    @property
+    def grid_size(self) -> int:
+        """The number of grid points: the product of the grid_search lengths (1 without one)."""
+        return math.prod(len(d.values()) for d in self.searched.values() if d.is_grid)
+
+    @property
+    def num_trials(self) -> int:
+        """Ray Tune's count: every grid point ``num_samples`` times (random keys redrawn each time)."""
+        return self.num_samples * self.grid_size
+
+    def value_range(self, option: str) -> tuple[Any, Any]:
+        """The smallest and largest value ``option`` takes over the sweep (its default if unset)."""
+        if option not in FIELD_NAMES:
+            raise KeyError(f"{option!r} is not an rnncore option; {_unknown(option, FIELD_NAMES)}")
+        return _value_range(self.train, option)
+
+    def base_config(self) -> TrainConfig:
+        """The fixed values on top of the engine defaults; searched options keep their default."""
+        return TrainConfig(**self.fixed)
+
+    def param_space(self) -> dict[str, Any]:
+        """Ray Tune's ``param_space``: fixed values as is, searched ones as Tune domains (imports Ray)."""
+        return {k: v.to_tune() if isinstance(v, Domain) else v for k, v in self.train.items()}
+
+    # ---- the plan
+
+    def plan_text(self) -> str:
+        """A human-readable plan: trials, fixed and searched values, scheduler, resources, outputs."""
+        grid = [f"{k} ({len(d.values())})" for k, d in self.searched.items() if d.is_grid]
+        count = f"{self.num_trials} trial{'s' if self.num_trials != 1 else ''}"
+        if grid:
+            count += f" = {self.grid_size} grid point(s) from {' x '.join(grid)} x num_samples {self.num_samples}"
+        elif self.num_samples > 1:
+            count += f" = num_samples {self.num_samples}"
+        random_keys = [k for k, d in self.searched.items() if not d.is_grid]
+        if random_keys:
+            count += f"; {', '.join(random_keys)} drawn anew for each trial"
+        width = max((len(k) for k in self.train), default=0)
+        defaults = TrainConfig().to_dict()
+        unset = [f"{k}={defaults[k]!r}" for k in FIELD_NAMES if k not in self.train]
+        lines = [
+            f"Sweep {self.name!r}" + (f" from {self.source_path}" if self.source_path else ""),
+            f"  trials:     {count} (seed {self.seed})",
+            f"  corpus:     {self.data.path} (val_fraction {self.data.val_fraction})",
+            "  searched:" + ("" if self.searched else "   none"),
+            *(f"    {k:<{width}}  {d.describe()}" for k, d in self.searched.items()),
+            "  fixed:" + ("" if self.fixed else "      none"),
+            *(f"    {k:<{width}}  {v!r}" for k, v in self.fixed.items()),
+        ]
+        if unset:
+            lines.append(f"  defaults:   {', '.join(unset)}")
+        lines += [
+            f"  objective:  {self.mode} {self.metric} ({METRICS[self.metric][1]})",
+            f"  scheduler:  {self._scheduler_text()}",
+            f"  resources:  {self.resources.cpu:g} CPU, {self.resources.gpu:g} GPU per trial; "
+            + (f"at most {self.max_concurrent_trials} at once" if self.max_concurrent_trials
+               else "as many at once as resources allow"),
+            f"  limits:     max_failures {self.max_failures} per trial; "
+            + (f"time budget {self.time_budget_s:g} s" if self.time_budget_s else "no time budget"),
+            f"  ray:        {self.ray.address or 'a new local instance'}"
+            + (f"; storage {self.storage}" if self.storage else ""),
+            f"  output:     {self.output}",
+            f"  mlflow:     experiment {self.mlflow.experiment!r} at "
+            + (self.mlflow.tracking_uri or "the default local store"),
+        ]
+        return "\n".join(lines)
+
+    def _scheduler_text(self) -> str:
+        s = self.scheduler
+        if isinstance(s, AshaScheduler):
+            return (f"ASHA: grace_period {s.grace_period}, reduction_factor {s.reduction_factor:g}, "
+                    f"max_t {s.max_t} (iterations)")
+        return "FIFO: every trial runs all its iterations"
+
+
+FILE_KEYS: tuple[str, ...] = tuple(k for k in SweepConfig.model_fields if not k.startswith("source_"))
+_SECTIONS: dict[tuple[str, ...], tuple[str, ...]] = {
+    (): FILE_KEYS,
+    ("data",): tuple(DataConfig.model_fields),
+    ("resources",): tuple(Resources.model_fields),
+    ("mlflow",): tuple(MlflowConfig.model_fields),
+    ("ray",): tuple(RayConfig.model_fields),
+    **{("scheduler", t): tuple(m.model_fields) for t, m in _SCHEDULERS.items()},
+}
+_MISSING_FIX = {
+    "name": "add e.g. name: my_sweep (it names the MLflow experiment and the output folder)",
+    "data": "add e.g. data: {path: data/tinyshakespeare.txt}",
+    "data.path": "add e.g. path: data/tinyshakespeare.txt",
+}
+_FIXES = {
+    "name": "use a short name such as basic",
+    "data": "write e.g. data: {path: data/tinyshakespeare.txt, val_fraction: 0.1}",
+    "scheduler": "write e.g. scheduler: {type: asha, grace_period: 500}, or scheduler: fifo",
+    "resources": "write e.g. resources: {cpu: 1, gpu: 0}",
+    "mlflow": "write e.g. mlflow: {experiment: my_sweep, tracking_uri: http://host:5000}",
+    "ray": "write e.g. ray: {address: auto}",
+    "data.val_fraction": "0.1 holds out the last tenth; 0 trains on everything",
+    "num_samples": "use 1 to run each grid point once",
+    "seed": "use any non-negative integer",
+    "metric": "val_loss is nats/char on the validation split, val_bpc the same in bits",
+    "mode": "use min for a loss",
+    "scheduler.grace_period": "use a number of iterations such as 500",
+    "scheduler.reduction_factor": "3 is the usual choice",
+    "scheduler.max_t": "leave it out to use the largest iterations",
+    "max_concurrent_trials": "use 1 or more, or leave it out to let the resources decide",
+    "resources.cpu": "use 1 CPU per trial",
+    "resources.gpu": "use 0 for CPU-only trials, or a fraction such as 0.5 to share a GPU",
+    "mlflow.experiment": "leave it out to use the sweep's name",
+    "mlflow.tracking_uri": "write e.g. http://host:5000, or leave it out for the local store",
+    "time_budget_s": "use seconds such as 3600, or leave it out for no limit",
+    "max_failures": "use 0 to fail fast, or 2 (the default)",
+    "ray.address": "write e.g. auto or ray://host:10001, or leave it out to start Ray locally",
+}
+_TYPES = {
+    "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
+    "float_type": "a number", "float_parsing": "a number", "finite_number": "a finite number",
+    "string_type": "a string", "bool_type": "true or false", "bool_parsing": "true or false",
+    "model_type": "a mapping", "model_attributes_type": "a mapping", "dict_type": "a mapping",
+}
+_COMPARISONS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="), "less_than": ("lt", "<"),
+                "less_than_equal": ("le", "<=")}
+
+
+def _describe(error: Mapping[str, Any]) -> Problem:
+    """One pydantic error as ``(dotted key, "rule, but got value; fix")``."""
+    loc = [str(part) for part in error["loc"]]
+    tag = loc.pop(1) if len(loc) > 1 and loc[0] == "scheduler" and loc[1] in _SCHEDULERS else None
+    key, kind, value, ctx = ".".join(loc), error["type"], error.get("input"), error.get("ctx") or {}
+    fix = _FIXES.get(key, "see sweeps/basic.yaml for a working example")
+    if kind == "extra_forbidden":
+        parent = tuple(loc[:-1]) + ((tag,) if tag else ())
+        for other, model in _SCHEDULERS.items():
+            if tag and other != tag and loc[-1] in model.model_fields:
+                return key, f"unknown key for type {tag}; {loc[-1]} needs type: {other}"
+        return key, _unknown(loc[-1], _SECTIONS.get(parent, ()))
+    if kind == "missing":
+        return key, f"required key is missing; {_MISSING_FIX.get(key, 'add it')}"
+    if kind == "union_tag_invalid":
+        tags = list(_SCHEDULERS)
+        close = difflib.get_close_matches(str(ctx.get("tag")), tags, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else "use fifo, or asha for early stopping"
+        return f"{key}.type", f"must be one of {', '.join(map(repr, tags))}, but got {ctx.get('tag')!r}; {hint}"
+    if kind == "union_tag_not_found":
+        return f"{key}.type", "required key is missing; add type: fifo, or type: asha for early stopping"
+    if kind == "literal_error":
+        allowed = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
+        close = difflib.get_close_matches(str(value), allowed, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else fix
+        return key, f"must be one of {', '.join(map(repr, allowed))}, but got {_show(value)}; {hint}"
+    if kind in _TYPES:
+        return key, f"must be {_TYPES[kind]}, but got {_show(value)}; {_number_hint(value) or fix}"
+    if kind in _COMPARISONS:
+        name, op = _COMPARISONS[kind]
+        bound = ctx.get(name)
+        bound = int(bound) if isinstance(bound, float) and bound.is_integer() else bound
+        return key, f"must be {op} {bound}, but got {_show(value)}; {fix}"
+    if kind == "string_too_short":
+        return key, f"must not be empty, but got {_show(value)}; {fix}"
+    if kind in ("value_error", "assertion_error") and "error" in ctx:
+        return key, str(ctx["error"])
+    return key, f"{error['msg'][0].lower()}{error['msg'][1:]}, but got {_show(value)}; {fix}"
+
+
+# --------------------------------------------------------------------------- load_sweep
+
+
+def _read(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: sweep file not found; pass the path of a YAML file such as "
+                           "sweeps/basic.yaml"]) from None
+    except IsADirectoryError:
+        raise ConfigError([f"{path}: is a folder, but a sweep file is needed; pass e.g. sweeps/basic.yaml"]) from None
+    except PermissionError:
+        raise ConfigError([f"{path}: sweep file is not readable; check its permissions"]) from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{path}: must be UTF-8 text, but got byte 0x{raw[e.start]:02x} at offset {e.start}; "
+                           "re-save it as UTF-8"], path) from None
+
+
+def _parse_yaml(text: str, path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "an unknown position"
+        what = " ".join(str(p) for p in (e.context, e.problem) if p)
+        raise ConfigError([f"yaml: invalid YAML at {where}: {what}; fix the syntax there "
+                           "(indentation, a missing ':' or an unclosed bracket or quote)"], path) from None
+    except yaml.YAMLError as e:
+        raise ConfigError([f"yaml: invalid YAML: {e}; fix the syntax"], path) from None
+    if not isinstance(raw, dict):
+        got = "an empty file" if raw is None else f"a {type(raw).__name__} ({_show(raw)})"
+        raise ConfigError([f"(top level): must be a mapping of sweep keys (name:, data:, train:, ...), but got {got}; "
+                           "start from sweeps/basic.yaml"], path)
+    return raw
+
+
+def _validate(data: dict[str, Any], context: dict[str, Any]) -> tuple[SweepConfig | None, list[Problem], set[str]]:
+    """Validate; on failure also build a stand-in with the broken top-level keys at their defaults.
+
+    The stand-in lets the checks that do not depend on the broken keys still run, so one pass
+    reports every problem. The returned set names the broken top-level keys.
+    """
+    try:
+        return SweepConfig.model_validate(data, context=context), [], set()
+    except ValidationError as e:
+        errors = e.errors()
+    problems = [_describe(err) for err in errors]
+    broken = {str(err["loc"][0]) for err in errors if err["loc"]}
+    repaired = {k: v for k, v in data.items() if k not in broken}
+    if "name" in broken:
+        repaired["name"] = "sweep"
+    if "data" in broken:
+        repaired["data"] = DataConfig.model_construct(path=Path(os.devnull), val_fraction=0.1)
+    try:
+        return SweepConfig.model_validate(repaired, context=context), problems, broken
+    except ValidationError:
+        return None, problems, broken
+
+
+def _folder_problem(key: str, path: Path) -> Problem | None:
+    """A folder that can be used or created: if it exists, a writable folder; else under one."""
+    if path.exists():
+        if not path.is_dir():
+            return key, f"must be a folder, but got {path}, which is an existing file; choose another path"
+        if not os.access(path, os.W_OK | os.X_OK):
+            return key, f"must be a writable folder, but got {path}, which is read-only; fix its permissions"
+        return None
+    ancestor = path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return key, f"must be creatable, but got {path}, inside the file {ancestor}; choose another path"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return key, f"must be creatable, but got {path}, and {ancestor} is not writable; choose a folder you can write"
+    return None
+
+
+def _semantic_problems(cfg: SweepConfig, broken: set[str], check_corpus: bool) -> list[Problem]:
+    """Checks across keys, and against the disk; each runs only when its inputs are valid."""
+    problems: list[Problem] = []
+    if not {"metric", "mode"} & broken and cfg.mode != METRICS[cfg.metric][0]:
+        want = METRICS[cfg.metric][0]
+        problems.append(("mode", f"{cfg.metric} is a loss, so mode must be {want}, but got mode={cfg.mode!r}; "
+                                 f"use mode: {want}"))
+    if not {"metric", "data"} & broken and cfg.metric.startswith("val_") and cfg.data.val_fraction == 0:
+        problems.append(("metric", f"{cfg.metric} needs a validation split, but got data.val_fraction=0; "
+                                   "set val_fraction: 0.1, or use metric: train_loss"))
+    asha = cfg.scheduler if isinstance(cfg.scheduler, AshaScheduler) else None
+    if asha and not {"scheduler", "train.iterations"} & broken:
+        fewest = cfg.value_range("iterations")[0]
+        if asha.grace_period > fewest:
+            problems.append(("scheduler.grace_period",
+                             f"must be <= the smallest possible iterations, but got grace_period={asha.grace_period} "
+                             f"> iterations={fewest}; lower grace_period or raise iterations"))
+        elif asha.max_t is not None and asha.grace_period > asha.max_t:
+            problems.append(("scheduler.max_t", f"must be >= grace_period, but got max_t={asha.max_t} < "
+                                                f"grace_period={asha.grace_period}; raise max_t or leave it out"))
+    if check_corpus and "data" not in broken:
+        try:
+            corpus = load_corpus(cfg.data.path, cfg.data.val_fraction)
+        except CorpusError as e:
+            problems.append(("data.path", str(e)))
+        else:
+            if not {"train.seq_length", "train.batch_size"} & broken:
+                seq_length, batch_size = cfg.value_range("seq_length")[1], cfg.value_range("batch_size")[1]
+                try:
+                    check_fits(corpus, seq_length, batch_size)
+                except CorpusError as e:
+                    problems.append(("train.seq_length", f"the largest seq_length={seq_length} with the largest "
+                                                         f"batch_size={batch_size} does not fit: {e}"))
+    if "output" not in broken:
+        problems.append(_folder_problem("output", cfg.output))
+    if "storage" not in broken and cfg.storage and "://" not in cfg.storage:
+        problems.append(_folder_problem("storage", Path(cfg.storage)))
+    return [p for p in problems if p is not None]
+
+
+def load_sweep(path: str | os.PathLike, *, check_corpus: bool = True) -> SweepConfig:
+    """Read and validate a sweep file, creating and starting nothing.
+
+    Relative ``data.path`` values are looked up next to the sweep file first, then in the
+    working directory; ``output`` and ``storage`` are relative to the working directory. With
+    ``check_corpus`` the corpus is read and decoded and the largest window must fit its training
+    split (without it the file need only exist).
+
+    Raises:
+        ConfigError: listing every problem found, one ``dotted.key: rule, but got value; fix`` each.
+    """
+    source = Path(os.path.abspath(os.fspath(path)))
+    text = _read(source)
+    raw = _parse_yaml(text, source)
+    order = [str(k) for k in raw]
+    problems = [(str(k), _unknown(k, FILE_KEYS) if k not in SweepConfig.model_fields else
+                 "unknown key; load_sweep fills it in, so remove it from the file") for k in raw if k not in FILE_KEYS]
+    raw = {k: v for k, v in raw.items() if k in FILE_KEYS}
+    train, train_problems = _parse_train(raw.get("train"))
+    data = {**raw, "train": train, "source_path": source, "source_text": text}
+    cfg, schema_problems, broken = _validate(data, {"base_dir": source.parent})
+    if "name" in broken and "output" not in raw:
+        broken.add("output")  # its default derives from the broken name
+    for key, _ in train_problems:  # "train" itself, or "train.<option>[.<kind>...]"
+        broken |= {f"train.{n}" for n in FIELD_NAMES} if key == "train" else {".".join(key.split(".")[:2])}
+    problems += train_problems + schema_problems
+    if cfg is not None:
+        problems += _semantic_problems(cfg, broken, check_corpus)
+    if problems:
+        raise ConfigError([f"{key}: {text}" for key, text in _in_file_order(problems, order)], source)
+    assert cfg is not None
+    return cfg
+
+
+def _in_file_order(problems: list[Problem], keys: Sequence[str]) -> list[Problem]:
+    """Sort problems by where their top-level key appears in the file (stable; keys not in it first)."""
+    position = {k: i for i, k in enumerate(keys)}
+    return sorted(problems, key=lambda p: position.get(p[0].split(".")[0], -1))

@@ -1,0 +1,110 @@
+"""Parquet tables of a sweep: trials.parquet (one row per trial) and history.parquet (one row per report).
+
+Explicit pyarrow schemas; every write goes to a temp file in the same folder and is renamed over the old
+one, so a crash leaves the previous table or the new one, never a truncated file. The sweep file and the
+package versions travel in the file metadata. The only module that writes Parquet.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Mapping
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rnncore.config import FIELD_NAMES, FIELD_TYPES
+
+_ARROW = {int: pa.int64(), float: pa.float64(), str: pa.string(), bool: pa.bool_()}
+
+# every engine option in its own typed column, except `iterations`, which holds the iterations trained
+HPARAMS = [n for n in FIELD_NAMES if n != "iterations"]
+TRIALS_SCHEMA = pa.schema(
+    [("trial_id", pa.string()), ("status", pa.string()), ("mlflow_run_id", pa.string())]
+    + [(n, _ARROW[FIELD_TYPES[n]]) for n in HPARAMS]
+    + [("target_iterations", pa.int64()), ("iterations", pa.int64()), ("train_loss", pa.float64()),
+       ("val_loss", pa.float64()), ("val_bpc", pa.float64()), ("best_val_loss", pa.float64()),
+       ("chars_per_sec", pa.float64()), ("wall_s", pa.float64()), ("node", pa.string()),
+       ("sample", pa.string()), ("error", pa.string())]
+)
+HISTORY_SCHEMA = pa.schema(
+    [("trial_id", pa.string()), ("iteration", pa.int64()), ("train_loss", pa.float64()),
+     ("val_loss", pa.float64()), ("val_bpc", pa.float64()), ("chars_per_sec", pa.float64()),
+     ("elapsed_s", pa.float64())]
+)
+STATUSES = ("finished", "stopped", "diverged", "failed", "running", "pending")
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("rnnsweep", "numpy", "ray", "mlflow", "pandas", "pyarrow"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+class ResultsTable:
+    """Rows kept in memory (small: one per trial and one per report) and flushed atomically."""
+
+    def __init__(self, output: Path, *, sweep_text: str):
+        self.output = Path(output)
+        self.trials: dict[str, dict[str, Any]] = {}
+        self.history: dict[tuple[str, int], dict[str, Any]] = {}
+        self.meta = {b"rnnsweep.sweep_yaml": sweep_text.encode(),
+                     b"rnnsweep.versions": json.dumps(versions()).encode()}
+
+    @property
+    def trials_path(self) -> Path:
+        return self.output / "trials.parquet"
+
+    @property
+    def history_path(self) -> Path:
+        return self.output / "history.parquet"
+
+    def load_existing(self) -> None:
+        """Pick up the rows of an interrupted sweep (for --resume)."""
+        if self.trials_path.exists():
+            for row in pq.read_table(self.trials_path).to_pylist():
+                self.trials[row["trial_id"]] = row
+        if self.history_path.exists():
+            for row in pq.read_table(self.history_path).to_pylist():
+                self.history[(row["trial_id"], row["iteration"])] = row
+
+    def add_report(self, trial_id: str, row: Mapping[str, Any]) -> None:
+        """One history row; a report repeated after a restore replaces the earlier one."""
+        self.history[(trial_id, int(row["iteration"]))] = {"trial_id": trial_id, **row}
+
+    def set_trial(self, trial_id: str, row: Mapping[str, Any]) -> None:
+        self.trials[trial_id] = {**self.trials.get(trial_id, {}), "trial_id": trial_id, **row}
+
+    def history_of(self, trial_id: str) -> list[dict[str, Any]]:
+        return [r for (t, _), r in sorted(self.history.items()) if t == trial_id]
+
+    def write(self) -> None:
+        self.output.mkdir(parents=True, exist_ok=True)
+        trials = [self.trials[k] for k in sorted(self.trials)]
+        history = [self.history[k] for k in sorted(self.history)]
+        _write_atomic(_table(trials, TRIALS_SCHEMA, self.meta), self.trials_path)
+        _write_atomic(_table(history, HISTORY_SCHEMA, self.meta), self.history_path)
+
+
+def _table(rows: list[Mapping[str, Any]], schema: pa.Schema, meta: dict[bytes, bytes]) -> pa.Table:
+    cols = {f.name: [r.get(f.name) for r in rows] for f in schema}
+    return pa.table(cols, schema=schema).replace_schema_metadata(meta)
+
+
+def _write_atomic(table: pa.Table, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

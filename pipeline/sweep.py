@@ -1,0 +1,445 @@
+"""The main job: a sweep file in, Ray Tune trials, MLflow runs and Parquet tables out.
+
+    python -m pipeline.sweep sweeps/basic.yaml [--dry-run] [--resume] [--address auto|HOST:PORT|ray://HOST:10001]
+
+Exit codes: 0 the sweep ran (diverged or failed trials are rows with their status), 1 every trial failed,
+2 bad input (nothing started, nothing written), 130 interrupted (finish it with --resume).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import ConfigError, SweepConfig, load_sweep
+
+# Ray reads these at import time: our own progress line replaces Tune's tables, and the trial folders
+# need no CSV/JSON/TensorBoard loggers (MLflow and Parquet hold the results).
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "1000")
+
+BLAS_ENV = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+SHORT = {"hidden_size": "h", "seq_length": "s", "learning_rate": "lr", "batch_size": "b"}
+
+
+class SweepError(Exception):
+    """Bad input found after parsing (cluster resources, an existing output); exit code 2."""
+
+
+def sweep_id(cfg: SweepConfig) -> str:
+    """Deterministic: the same sweep name and output folder give the same id (how --resume reattaches)."""
+    return hashlib.sha256(f"{cfg.name}\0{cfg.output.resolve()}".encode()).hexdigest()[:16]
+
+
+def trial_key(index: int) -> str:
+    return f"t{index:04d}"
+
+
+def run_name(config: dict[str, Any]) -> str:
+    """h128-s32-lr0.031: the searched values of a trial, short enough for the MLflow UI."""
+    parts = []
+    for k, v in config.items():
+        if isinstance(v, float):
+            v = f"{v:.2g}"
+        parts.append(f"{SHORT.get(k, k)}{v}")
+    return "-".join(parts) or "trial"
+
+
+# ---------------------------------------------------------------------------------------------- driver
+
+
+def run_sweep(cfg: SweepConfig, *, address: str | None, resume: bool) -> int:
+    import ray
+    from ray import tune
+
+    from rnncore import load_corpus
+
+    from .results import ResultsTable
+    from .tracking import Tracker, check_server, resolve_uri, ui_command
+    from .trainable import train_trial
+
+    output = cfg.output.resolve()
+    tune_dir = (cfg.storage.rstrip("/") + "/" + cfg.name) if cfg.storage else str(output / "tune")
+    has_run = (output / "trials.parquet").exists() or (not cfg.storage and (output / "tune").exists())
+    if has_run and not resume:
+        raise SweepError(f"output folder {cfg.output} already holds a sweep; add --resume to finish it, "
+                         "or set `output:` to a new folder")
+    if resume and not has_run:
+        raise SweepError(f"--resume: {cfg.output} holds no sweep to resume; run without --resume to start one")
+
+    uri = resolve_uri(cfg.mlflow.tracking_uri)
+    check_server(uri)
+    corpus = load_corpus(cfg.data.path, cfg.data.val_fraction)
+    _start_ray(address)
+    try:
+        _check_resources(cfg)
+        tracker = Tracker(uri=uri, experiment=cfg.mlflow.experiment, sweep_id=sweep_id(cfg))
+        parent = tracker.start_sweep(name=cfg.name, sweep_text=cfg.source_text, resume=resume,
+                                     params={"sweep_file": str(cfg.source_path), "num_trials": cfg.num_trials,
+                                             "corpus": str(cfg.data.path), "corpus_sha256": corpus.sha256,
+                                             "seed": cfg.seed, "metric": cfg.metric, "mode": cfg.mode,
+                                             "scheduler": cfg.scheduler.type})
+        table = ResultsTable(output, sweep_text=cfg.source_text)
+        if resume:
+            table.load_existing()
+        callback = SweepCallback(cfg=cfg, tracker=tracker, table=table)
+        base = cfg.base_config().to_dict()
+        trainable = tune.with_resources(
+            tune.with_parameters(train_trial, corpus=corpus, base=base, sweep_seed=cfg.seed,
+                                 derive_seed="seed" not in cfg.train),
+            {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
+        print(f"sweep {cfg.name}: {cfg.num_trials} trials, {cfg.scheduler.type} scheduler, "
+              f"MLflow experiment {cfg.mlflow.experiment!r} at {uri}", flush=True)
+        if resume:
+            tuner = tune.Tuner.restore(tune_dir, trainable=trainable, resume_unfinished=True, resume_errored=True,
+                                       param_space=_param_space(cfg))
+        else:
+            tuner = tune.Tuner(trainable, param_space=_param_space(cfg), tune_config=_tune_config(cfg),
+                               run_config=_run_config(cfg, callback, tune_dir))
+        if resume:  # a restored Tuner keeps the callbacks it was saved with: hand it this driver's
+            tuner._local_tuner._run_config.callbacks = [callback]
+        interrupted = False
+        try:
+            tuner.fit()
+        except KeyboardInterrupt:
+            interrupted = True
+        interrupted = interrupted or callback.interrupted
+        callback.finish(interrupted=interrupted)
+        best = callback.best()
+        tracker.finish_sweep(status="KILLED" if interrupted else "FINISHED", best=best,
+                             files=[str(table.trials_path), str(table.history_path)])
+        _print_summary(cfg, table, best, ui_command(uri), parent)
+        if interrupted:
+            print(f"\ninterrupted: finish with  python -m pipeline.sweep {cfg.source_path} --resume",
+                  file=sys.stderr)
+            return 130
+        statuses = [r["status"] for r in table.trials.values()]
+        return 1 if statuses and all(s == "failed" for s in statuses) else 0
+    finally:
+        ray.shutdown()
+
+
+def _start_ray(address: str | None) -> None:
+    import ray
+
+    common = dict(log_to_driver=False, logging_level=logging.ERROR, configure_logging=True,
+                  runtime_env={"env_vars": BLAS_ENV})
+    if address:
+        try:
+            ray.init(address=address, **common)
+        except Exception as e:  # ConnectionError, TimeoutError, RuntimeError depending on the address form
+            raise SweepError(f"cannot join the Ray cluster at {address}: {e}; check the address "
+                             "(auto, HOST:PORT or ray://HOST:10001) and that the cluster is up") from None
+    else:
+        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, **common)
+
+
+def _check_resources(cfg: SweepConfig) -> None:
+    """Tune would keep a trial PENDING forever if no node can ever fit it: fail fast instead."""
+    import ray
+
+    total = ray.cluster_resources()
+    for key, want in (("CPU", cfg.resources.cpu), ("GPU", cfg.resources.gpu)):
+        have = total.get(key, 0.0)
+        if want > 0 and have < want:
+            raise SweepError(f"resources.{key.lower()}: each trial asks for {want:g} {key}, but the Ray cluster has "
+                             f"{have:g}; lower resources.{key.lower()} or add nodes that have {key}s")
+
+
+def _param_space(cfg: SweepConfig) -> dict[str, Any]:
+    return {name: d.to_tune() for name, d in cfg.searched.items()}
+
+
+def _tune_config(cfg: SweepConfig):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import BasicVariantGenerator
+
+    if cfg.scheduler.type == "asha":
+        scheduler = ASHAScheduler(time_attr="iteration", max_t=cfg.scheduler.max_t,
+                                  grace_period=cfg.scheduler.grace_period,
+                                  reduction_factor=cfg.scheduler.reduction_factor)
+    else:
+        scheduler = FIFOScheduler()
+    return tune.TuneConfig(metric=cfg.metric, mode=cfg.mode, scheduler=scheduler,
+                           search_alg=BasicVariantGenerator(random_state=cfg.seed),
+                           num_samples=cfg.num_samples, max_concurrent_trials=cfg.max_concurrent_trials,
+                           time_budget_s=cfg.time_budget_s, reuse_actors=True)
+
+
+class _Silent:
+    """A progress reporter that never reports: the SweepCallback prints a concise line instead."""
+
+    def setup(self, *a, **k):
+        pass
+
+    def should_report(self, trials, done=False):
+        return False
+
+    def report(self, trials, done, *sys_info):
+        pass
+
+    def set_search_properties(self, metric, mode):
+        return True
+
+    def set_total_samples(self, total_samples):
+        pass
+
+
+def _run_config(cfg: SweepConfig, callback, tune_dir: str):
+    from ray import tune
+    from ray.tune.progress_reporter import ProgressReporter
+
+    class Silent(_Silent, ProgressReporter):
+        pass
+
+    storage, name = tune_dir.rsplit("/", 1)
+    return tune.RunConfig(name=name, storage_path=storage, callbacks=[callback], verbose=0,
+                          progress_reporter=Silent(),
+                          failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+                          checkpoint_config=tune.CheckpointConfig(num_to_keep=2))
+
+
+# -------------------------------------------------------------------------------------------- callback
+
+
+def _callback_base():
+    from ray import tune
+
+    return tune.Callback
+
+
+class SweepCallback(_callback_base()):
+    """Driver side of the metric flow: Tune results -> MLflow child runs and the Parquet tables."""
+
+    def __init__(self, *, cfg: SweepConfig, tracker, table):
+        self.cfg, self.tracker, self.table = cfg, tracker, table
+        self.runs: dict[str, str] = {}  # Tune trial id -> MLflow run id
+        self.t0 = time.monotonic()
+        self.last_print = 0.0
+        self.interrupted = False
+
+    # identity ------------------------------------------------------------------------------------
+    def _key(self, trial) -> tuple[str, int]:
+        from .trainable import trial_index
+
+        index = trial_index(trial.trial_id)
+        return trial_key(index), index
+
+    def _hparams(self, trial) -> dict[str, Any]:
+        from .trainable import train_config, trial_seed
+
+        _, index = self._key(trial)
+        base = self.cfg.base_config().to_dict()
+        cfg = train_config(base, trial.config, trial_seed(self.cfg.seed, index),
+                           derive_seed="seed" not in self.cfg.train)
+        return cfg.to_dict()
+
+    def _run(self, trial) -> str:
+        if trial.trial_id not in self.runs:
+            key, _ = self._key(trial)
+            hp = self._hparams(trial)
+            self.runs[trial.trial_id] = self.tracker.trial_run(trial_id=key, name=f"{key}-{run_name(trial.config)}",
+                                                               params=hp)
+            row = {k: v for k, v in hp.items() if k != "iterations"}
+            self.table.set_trial(key, {"status": "running", "mlflow_run_id": self.runs[trial.trial_id],
+                                       "target_iterations": hp["iterations"], **row})
+        return self.runs[trial.trial_id]
+
+    # Tune hooks ----------------------------------------------------------------------------------
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._run(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        key, _ = self._key(trial)
+        run = self._run(trial)
+        it = int(result["iteration"])
+        metrics = {k: result[k] for k in ("train_loss", "val_loss", "val_bpc", "chars_per_sec")}
+        self.tracker.log_metrics(run, metrics, step=it)
+        if result.get("sample"):
+            self.tracker.log_text(run, result["sample"], f"samples/iter_{it:06d}.txt")
+        self.table.add_report(key, {"iteration": it, **{k: _num(v) for k, v in metrics.items()},
+                                    "elapsed_s": float(result.get("elapsed_s", 0.0))})
+        self._progress(trials)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        key, _ = self._key(trial)
+        run = self._run(trial)
+        last = trial.last_result or {}
+        done_its, target = int(last.get("iteration", 0)), int(last.get("target_iterations", 0))
+        if last.get("diverged"):
+            status, mlflow_status = "diverged", "FAILED"
+            tags = {"status": "diverged", "error": f"loss became non-finite by iteration {done_its}"}
+        elif done_its < target:
+            status, mlflow_status = "stopped", "KILLED"
+            tags = {"status": "stopped", "stop_reason": f"stopped early by {self.cfg.scheduler.type} "
+                                                        f"(or the time budget) at iteration {done_its} of {target}"}
+        else:
+            status, mlflow_status, tags = "finished", "FINISHED", {"status": "finished"}
+        self._log_checkpoint(trial, run)
+        self._close(trial, key, run, status, mlflow_status, tags, last,
+                    error=tags.get("error", ""))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        key, _ = self._key(trial)
+        run = self._run(trial)
+        err = _error_text(trial)
+        self._close(trial, key, run, "failed", "FAILED", {"status": "failed", "error": err[-5000:]},
+                    trial.last_result or {}, error=err)
+
+    # helpers -------------------------------------------------------------------------------------
+    def _log_checkpoint(self, trial, run: str) -> None:
+        from .trainable import CHECKPOINT_FILE
+
+        cp = trial.checkpoint
+        if cp is None:
+            return
+        with cp.as_directory() as d:
+            path = os.path.join(d, CHECKPOINT_FILE)
+            if os.path.exists(path):
+                self.tracker.log_file(run, path, "model")
+
+    def _close(self, trial, key, run, status, mlflow_status, tags, last, *, error: str) -> None:
+        self.tracker.end_run(run, mlflow_status, tags)
+        hist = self.table.history_of(key)
+        vals = [r["val_loss"] for r in hist if r["val_loss"] is not None and math.isfinite(r["val_loss"])]
+        speeds = [r["chars_per_sec"] for r in hist if r["chars_per_sec"]]
+        self.table.set_trial(key, {
+            "status": status, "mlflow_run_id": run,
+            "iterations": int(last.get("iteration", 0)),
+            "train_loss": _num(last.get("train_loss")), "val_loss": _num(last.get("val_loss")),
+            "val_bpc": _num(last.get("val_bpc")), "best_val_loss": min(vals) if vals else None,
+            "chars_per_sec": sum(speeds) / len(speeds) if speeds else None,
+            "wall_s": float(last.get("time_total_s", 0.0)), "node": last.get("node"),
+            "sample": last.get("sample") or None, "error": error or None})
+        self.table.write()
+        self._progress(None, force=True)
+
+    def finish(self, *, interrupted: bool) -> None:
+        """After fit(): runs still open were interrupted; mark them KILLED and write the tables."""
+        for tid, run in self.runs.items():
+            key = trial_key(int(tid.rsplit("_", 1)[-1]))
+            row = self.table.trials.get(key, {})
+            if row.get("status") == "running":
+                self.tracker.end_run(run, "KILLED", {"status": "interrupted"})
+        self.table.write()
+
+    def best(self) -> dict[str, Any] | None:
+        rows = [r for r in self.table.trials.values()
+                if r.get("status") in ("finished", "stopped") and _finite(r.get(self.cfg.metric))]
+        if not rows:
+            return None
+        pick = min if self.cfg.mode == "min" else max
+        return pick(rows, key=lambda r: r[self.cfg.metric])
+
+    def _progress(self, trials, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last_print < 10:
+            return
+        self.last_print = now
+        rows = self.table.trials.values()
+        count = {s: sum(1 for r in rows if r.get("status") == s) for s in
+                 ("finished", "stopped", "diverged", "failed", "running")}
+        done = count["finished"] + count["stopped"] + count["diverged"] + count["failed"]
+        pending = max(0, self.cfg.num_trials - done - count["running"])
+        best = self.best()
+        best_txt = f" | best {self.cfg.metric} {best[self.cfg.metric]:.4f} ({best['trial_id']})" if best else ""
+        extra = "".join(f", {count[s]} {s}" for s in ("stopped", "diverged", "failed") if count[s])
+        print(f"[{now - self.t0:6.0f}s] {done}/{self.cfg.num_trials} done{extra} | {count['running']} running | "
+              f"{pending} pending{best_txt}", flush=True)
+
+
+def _num(x) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _error_text(trial) -> str:
+    path = getattr(trial, "error_file", None)
+    if path and os.path.exists(path):
+        text = Path(path).read_text(errors="replace").strip()
+        lines = [l for l in text.splitlines() if l.strip()]
+        return lines[-1] if lines else text
+    return "trial failed (no error file)"
+
+
+# ------------------------------------------------------------------------------------------ reporting
+
+
+def _print_summary(cfg: SweepConfig, table, best, ui: str, parent: str) -> None:
+    rows = [r for r in table.trials.values() if _finite(r.get(cfg.metric))]
+    rows.sort(key=lambda r: r[cfg.metric], reverse=cfg.mode == "max")
+    names = list(cfg.searched)
+    print(f"\nleaderboard (top {min(10, len(rows))} of {len(table.trials)} by {cfg.metric}):")
+    head = ["trial", "status", *names, "val_loss", "val_bpc", "chars/s", "mlflow run"]
+    body = [[r["trial_id"], r["status"], *[_fmt(r.get(n)) for n in names], _fmt(r.get("val_loss")),
+             _fmt(r.get("val_bpc")), f"{r['chars_per_sec']:,.0f}" if r.get("chars_per_sec") else "-",
+             (r.get("mlflow_run_id") or "")[:12]] for r in rows[:10]]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
+    for line in [head, *body]:
+        print("  " + "  ".join(str(x).ljust(w) for x, w in zip(line, widths)))
+    if best:
+        print(f"\nbest: {best['trial_id']}  {cfg.metric}={best[cfg.metric]:.4f}  "
+              + "  ".join(f"{n}={_fmt(best.get(n))}" for n in names))
+    print(f"\ntables:  {table.trials_path}\n         {table.history_path}")
+    print(f"MLflow:  {ui}   (experiment {cfg.mlflow.experiment!r}, parent run {parent[:12]})")
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "-" if v is None else str(v)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m pipeline.sweep",
+                                description="Run a hyperparameter sweep of char-RNN trials on Ray Tune.")
+    p.add_argument("file", help="sweep file (YAML), e.g. sweeps/basic.yaml")
+    p.add_argument("--dry-run", action="store_true", help="validate and print the trial plan; run nothing")
+    p.add_argument("--resume", action="store_true", help="finish an interrupted sweep in its output folder")
+    p.add_argument("--address", help="join a Ray cluster: auto, HOST:PORT or ray://HOST:10001 "
+                                     "(default: RAY_ADDRESS, then ray.address in the file, else a local Ray)")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_sweep(args.file)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(cfg.plan_text())
+        return 0
+    address = args.address or os.environ.get("RAY_ADDRESS") or cfg.ray.address
+    try:
+        return run_sweep(cfg, address=address, resume=args.resume)
+    except (SweepError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        from .tracking import TrackingError
+
+        if isinstance(e, TrackingError):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""MLflow adapter: one experiment per sweep, a parent run, one child run per trial. The only module importing MLflow.
+
+Runs are found again by tags (`rnnsweep.sweep_id` on the parent, `trial_id` on children), so a restarted
+trial or a resumed sweep continues its own run instead of opening a second one.
+"""
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+import urllib.request
+from typing import Any, Mapping
+
+SWEEP_TAG = "rnnsweep.sweep_id"
+RESULT_METRICS = ("train_loss", "val_loss", "val_bpc", "best_val_loss", "chars_per_sec", "iterations")
+TRIAL_TAG = "trial_id"
+
+
+class TrackingError(RuntimeError):
+    """The tracking server cannot be used; the message says which URI and what to do."""
+
+
+def resolve_uri(uri: str | None) -> str:
+    """The tracking URI in force: the file's, else MLFLOW_TRACKING_URI, else a local store in the working dir."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{os.path.abspath('mlflow.db')}"
+
+
+def check_server(uri: str, timeout_s: float = 10.0) -> None:
+    """For http(s) URIs, fail within timeout_s unless the server answers its /health endpoint."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    url = uri.rstrip("/") + "/health"
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=max(0.5, min(3.0, deadline - time.monotonic()))) as r:
+                if r.status == 200:
+                    return
+        except (OSError, socket.timeout) as e:
+            last = e
+        time.sleep(0.5)
+    raise TrackingError(f"MLflow tracking server {uri} did not answer within {timeout_s:.0f} s ({last}); "
+                        "start it (docker compose up mlflow) or fix mlflow.tracking_uri / MLFLOW_TRACKING_URI")
+
+
+def ui_command(uri: str) -> str:
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri}"
+    return f"mlflow ui --backend-store-uri {uri}"
+
+
+class Tracker:
+    """Thin wrapper over MlflowClient with the sweep's run layout."""
+
+    def __init__(self, *, uri: str, experiment: str, sweep_id: str):
+        from mlflow.tracking import MlflowClient
+
+        self.uri, self.sweep_id = uri, sweep_id
+        self.client = MlflowClient(tracking_uri=uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            try:
+                self.experiment_id = self.client.create_experiment(experiment)
+            except Exception:  # created meanwhile by another driver
+                self.experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
+        else:
+            if exp.lifecycle_stage == "deleted":
+                self.client.restore_experiment(exp.experiment_id)
+            self.experiment_id = exp.experiment_id
+        self.parent_id: str | None = None
+
+    def _find(self, filter_string: str) -> str | None:
+        runs = self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=1,
+                                       order_by=["attributes.start_time DESC"])
+        return runs[0].info.run_id if runs else None
+
+    def start_sweep(self, *, name: str, params: Mapping[str, Any], sweep_text: str, resume: bool) -> str:
+        """The parent run: reattached on resume, else new (an earlier sweep with the same id keeps its run)."""
+        found = self._find(f"tags.`{SWEEP_TAG}` = '{self.sweep_id}'") if resume else None
+        if found:
+            self.parent_id = found
+            self.client.update_run(found, status="RUNNING")
+        else:
+            run = self.client.create_run(self.experiment_id, run_name=name, tags={SWEEP_TAG: self.sweep_id})
+            self.parent_id = run.info.run_id
+            self.client.log_batch(self.parent_id, params=_params(params))
+            self.client.log_text(self.parent_id, sweep_text, "sweep.yaml")
+        return self.parent_id
+
+    def trial_run(self, *, trial_id: str, name: str, params: Mapping[str, Any]) -> str:
+        """The child run of a trial: found by tag when it already exists, else created."""
+        found = self._find(f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`mlflow.parentRunId` = '{self.parent_id}'")
+        if found:
+            self.client.update_run(found, status="RUNNING")
+            return found
+        run = self.client.create_run(self.experiment_id, run_name=name,
+                                     tags={TRIAL_TAG: trial_id, "mlflow.parentRunId": self.parent_id,
+                                           SWEEP_TAG: self.sweep_id})
+        self.client.log_batch(run.info.run_id, params=_params(params))
+        return run.info.run_id
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
+        """All metrics of one report in one request; non-finite values (divergence) are left out."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and math.isfinite(v)]
+        if batch:
+            self.client.log_batch(run_id, metrics=batch)
+
+    def log_text(self, run_id: str, text: str, path: str) -> None:
+        self.client.log_text(run_id, text, path)
+
+    def log_file(self, run_id: str, local_path: str, artifact_dir: str) -> None:
+        self.client.log_artifact(run_id, local_path, artifact_dir)
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, str(v))
+
+    def end_run(self, run_id: str, status: str, tags: Mapping[str, Any] | None = None) -> None:
+        """status: FINISHED, FAILED or KILLED."""
+        if tags:
+            self.set_tags(run_id, tags)
+        self.client.set_terminated(run_id, status=status)
+
+    def finish_sweep(self, *, status: str, best: Mapping[str, Any] | None, files: list[str]) -> None:
+        if best:
+            self.log_metrics(self.parent_id, {f"best_{k}": best[k] for k in RESULT_METRICS
+                                              if isinstance(best.get(k), (int, float))}, 0)
+            self.set_tags(self.parent_id, {"best_trial_id": best.get("trial_id", ""),
+                                           "best_run_id": best.get("mlflow_run_id", "")})
+        for f in files:
+            if os.path.exists(f):
+                self.client.log_artifact(self.parent_id, f, "results")
+        self.client.set_terminated(self.parent_id, status=status)
+
+
+def _params(d: Mapping[str, Any]) -> list:
+    from mlflow.entities import Param
+
+    return [Param(k, str(v)[:6000]) for k, v in d.items()]
