@@ -130,11 +130,10 @@ def loss_and_grads(P: Params, X: np.ndarray, Y: np.ndarray, h0: np.ndarray, ws: 
     np.multiply(hs[1:], hs[1:], out=dtanh)
     np.subtract(1, dtanh, out=dtanh)  # (T, B, H) tanh' = 1 - h^2
     dnext = ws.dhnext
-    WhhTT = np.ascontiguousarray(WhhT).T  # = Whh, laid out so d @ Whh runs in BLAS's faster orientation
     for t in range(T - 1, -1, -1):
         d = dhraw_t[t]
         if t < T - 1:
-            np.dot(dhraw_t[t + 1], WhhTT, out=dnext)
+            np.dot(dhraw_t[t + 1], P.Whh, out=dnext)
             d += dnext
         d *= dtanh[t]
 

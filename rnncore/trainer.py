@@ -18,6 +18,9 @@ from .data import Corpus, check_fits, stream_length, window_index
 from .model import Params, Workspace, evaluate, init_params, loss_and_grads, sample, advance
 
 LN2 = math.log(2.0)
+# A loss above this many nats/char means the model has blown up: guessing uniformly costs ln V (about 4 for
+# English, 8 for Chinese), and the stable softmax keeps a blown-up model's loss finite, so NaN alone is too late.
+DIVERGED_LOSS = 100.0
 
 
 @dataclass
@@ -72,8 +75,7 @@ class Trainer:
         s.h[...] = ws.hs[-1]
         loss = loss_sum / (T * B)
         g, m, tmp = ws.grads.flat, s.mem.flat, self.tmp  # all five arrays at once
-        np.minimum(g, cfg.clip, out=g)  # clip to [-clip, clip] to mitigate exploding gradients
-        np.maximum(g, -cfg.clip, out=g)
+        np.clip(g, -cfg.clip, cfg.clip, out=g)  # clip to mitigate exploding gradients
         np.multiply(g, g, out=tmp)
         m += tmp  # mem += dparam * dparam
         np.add(m, cfg.adagrad_eps, out=tmp)
@@ -84,7 +86,7 @@ class Trainer:
         s.p += T
         s.iteration += 1
         s.smooth_loss = s.smooth_loss * 0.999 + loss * 0.001
-        if not math.isfinite(loss):
+        if not loss < DIVERGED_LOSS:  # also true for NaN
             self.diverged = True
         return loss
 

@@ -19,8 +19,9 @@ NAMES = Params.NAMES
 
 @pytest.fixture(scope="module")
 def shakes3k() -> str:
-    """3,000 characters: short enough that a 1000-iteration run wraps the data pointer many times."""
-    return SHAKESPEARE.read_text(encoding="utf-8")[:3000]
+    """3,001 characters: a 1000-iteration run wraps the data pointer many times, and with T = 25 the window
+    at p = 2975 ends exactly on the last character (p + T + 1 == len), where the seed wraps anyway."""
+    return SHAKESPEARE.read_text(encoding="utf-8")[:3001]
 
 
 def rel_diff(a: np.ndarray, b: np.ndarray) -> float:
@@ -62,26 +63,26 @@ def test_gradients_match_central_differences(B):
     G = ws.grads.copy()
     assert np.all(np.isfinite(G.flat)) and np.any(G.flat != 0)
 
-    eps = 1e-5
+    # central differences, 5-point stencil: truncation O(eps^4), so eps can be large enough that the
+    # loss's rounding error (~1e-15 relative) stays far below the tolerance even for small entries
+    eps = 1e-3
     checked = {}
     for name in NAMES:
         A, GA = getattr(P, name), getattr(G, name)
-        # a sample of entries: every 3rd flat index, plus the first and last
-        flat_ids = sorted(set(range(0, A.size, 3)) | {0, A.size - 1})
         worst = 0.0
-        for k in flat_ids:
-            idx = np.unravel_index(k, A.shape)
+        for idx in np.ndindex(A.shape):  # every entry: H=8 keeps this to a few hundred per array
             old = A[idx]
-            A[idx] = old + eps
-            lp = loss_and_grads(P, X, Y, h0, ws, scale)
-            A[idx] = old - eps
-            lm = loss_and_grads(P, X, Y, h0, ws, scale)
+
+            def f(d):
+                A[idx] = old + d
+                return loss_and_grads(P, X, Y, h0, ws, scale)
+
+            num = (8 * (f(eps) - f(-eps)) - (f(2 * eps) - f(-2 * eps))) / (12 * eps) * scale
             A[idx] = old
-            num = (lp - lm) / (2 * eps) * scale  # d(loss_sum * grad_scale)/dparam
-            ana = GA[idx]
+            ana = GA[idx]  # d(loss_sum * grad_scale)/dparam
             if ana == 0.0 and num == 0.0:  # e.g. a Wxh column of a character not in X
                 continue
-            worst = max(worst, abs(ana - num) / max(abs(ana) + abs(num), 1e-12))
+            worst = max(worst, abs(ana - num) / (abs(ana) + abs(num)))
         checked[name] = worst
     assert all(w < 1e-6 for w in checked.values()), checked
 
@@ -127,30 +128,53 @@ def test_seed_parity_one_step_lr01_loss_and_clipped_grads(shakes3k):
     seed = seed_from(tr, T, lr)
     P, data = tr.state.params, tr.corpus.train
     h0 = np.tanh(np.random.default_rng(0).standard_normal(H))
-    p = 7 * T
-    inputs, targets = data[p:p + T], data[p + 1:p + T + 1]
-
-    loss_s, *grads_s, h_s = seed.lossFun([int(c) for c in inputs], [int(c) for c in targets], h0[:, None])
     ws = Workspace(T, 1, H, tr.corpus.vocab.size, "float64")
-    loss = loss_and_grads(P, inputs[:, None], targets[:, None], h0[None, :], ws, 1.0)
+    for p in range(0, len(data) - T - 1, T):  # the first window whose gradients reach the clip at 5
+        inputs, targets = data[p:p + T], data[p + 1:p + T + 1]
+        loss = loss_and_grads(P, inputs[:, None], targets[:, None], h0[None, :], ws, 1.0)
+        if np.abs(ws.grads.flat).max() > 5:
+            break
     g = ws.grads
     clipped = int(np.sum(np.abs(g.flat) > 5))
     np.clip(g.flat, -5, 5, out=g.flat)  # the trainer's clip, for B = 1 (grad_scale 1)
+    loss_s, *grads_s, h_s = seed.lossFun([int(c) for c in inputs], [int(c) for c in targets], h0[:, None])
 
-    assert clipped > 0, "pick a window whose gradients reach the clip, so clipping is compared too"
+    assert clipped > 0, "the window was chosen so that clipping is compared too"
     assert loss == pytest.approx(loss_s, rel=1e-12, abs=0)
     for name, gs in zip(NAMES, grads_s):
         assert rel_diff(getattr(g, name), gs) < 1e-12, name
     assert rel_diff(ws.hs[-1, 0], h_s[:, 0]) < 1e-12
 
 
-def test_seed_parity_first_10_iterations_lr01(shakes3k):
+def sync_seed_to(seed: SeedRNN, tr: Trainer) -> None:
+    """Copy the seed's whole state into the trainer (weights, Adagrad memories, h, p, iteration)."""
+    s = tr.state
+    for name in NAMES:
+        getattr(s.params, name)[...] = getattr(seed, name)
+        getattr(s.mem, name)[...] = getattr(seed, "m" + name)
+    s.h[0] = seed.hprev[:, 0]
+    s.p, s.iteration = seed.p, seed.n
+
+
+@pytest.mark.parametrize("H", [64, 100])
+def test_seed_parity_lr01_first_iterations(shakes3k, H):
+    """At lr 0.1 the first iterations are chaotic: nudging ONE weight of the seed itself by 3 ulp moves its
+    loss by ~1e-8 relative by iteration 9 (measured). So free-running losses are compared over the first 5
+    iterations, and then 10 iterations are compared step by step from the seed's own state each time."""
     T, lr = 25, 0.1
-    tr = Trainer(TrainConfig(hidden_size=100, seq_length=T, learning_rate=lr), make_corpus(shakes3k, 0.0))
+    tr = Trainer(TrainConfig(hidden_size=H, seq_length=T, learning_rate=lr), make_corpus(shakes3k, 0.0))
     seed = seed_from(tr, T, lr)
-    theirs = np.array([seed.step() / T for _ in range(10)])
-    ours = tr.run(10)
-    np.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=0)
+    theirs = np.array([seed.step() / T for _ in range(5)])
+    np.testing.assert_allclose(tr.run(5), theirs, rtol=1e-9, atol=0)
+    for _ in range(10):
+        sync_seed_to(seed, tr)
+        ours, theirs = tr.step(), seed.step() / T
+        assert ours == pytest.approx(theirs, rel=1e-12, abs=0)
+        for name in NAMES:
+            assert rel_diff(getattr(tr.state.params, name), getattr(seed, name)) < 1e-12, name
+            assert rel_diff(getattr(tr.state.mem, name), getattr(seed, "m" + name)) < 1e-12, "m" + name
+        assert rel_diff(tr.state.h[0], seed.hprev[:, 0]) < 1e-12
+        assert tr.state.p == seed.p
 
 
 # ---------------------------------------------------------------- learning
@@ -183,10 +207,12 @@ def test_tiny_text_can_be_overfit(overfit):
 # ---------------------------------------------------------------- batch schedule
 
 
-@pytest.mark.parametrize("B,T", [(1, 10), (4, 10), (3, 7)])
-def test_batch_schedule_windows_and_wraps(B, T):
+# n is chosen so that some window would end exactly on a stream's last character (p + T + 1 == L), where
+# the seed's rule wraps; any leftover n - B*L characters are never read
+@pytest.mark.parametrize("B,T,n", [(1, 10, 1011), (4, 10, 4 * 251 + 3), (3, 7, 3 * 288 + 2)])
+def test_batch_schedule_windows_and_wraps(B, T, n):
     rng = np.random.default_rng(5)
-    text = "".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz .,"), 1003))
+    text = "".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz .,"), n))
     tr = Trainer(TrainConfig(hidden_size=8, seq_length=T, batch_size=B), make_corpus(text, 0.0))
     train, L = tr.corpus.train, len(tr.corpus.train) // B
     assert tr.L == L
@@ -228,6 +254,23 @@ def test_batch_streams_average_gradients():
     np.testing.assert_allclose(ws.grads.flat, mean, rtol=1e-12, atol=1e-15)
 
 
+def test_identical_streams_equal_single_stream(shakes3k):
+    """B streams that all read the same text train exactly like one stream: the loss is per character and
+    the gradient is the mean over streams (grad_scale 1/B), so Adagrad and the clip see the same numbers."""
+    one = shakes3k[:1000]
+    for B in (2, 3):
+        runs = []
+        for text, b in ((one, 1), (one * B, B)):
+            tr = Trainer(TrainConfig(hidden_size=32, batch_size=b, learning_rate=0.01), make_corpus(text, 0.0))
+            assert tr.L == len(one)
+            runs.append((tr.run(60), tr.state))
+        (l1, s1), (lb, sb) = runs
+        np.testing.assert_allclose(lb, l1, rtol=1e-10, atol=0)
+        assert rel_diff(sb.params.flat, s1.params.flat) < 1e-10
+        for b in range(B):
+            np.testing.assert_allclose(sb.h[b], s1.h[0], rtol=0, atol=1e-10)
+
+
 # ---------------------------------------------------------------- dtypes
 
 
@@ -236,13 +279,17 @@ def test_float32_tracks_float64(shakes3k, B):
     corpus = make_corpus(shakes3k, 0.0)
     runs = {}
     for dtype in ("float64", "float32"):
-        tr = Trainer(TrainConfig(hidden_size=64, batch_size=B, dtype=dtype, learning_rate=0.1), corpus)
-        runs[dtype] = tr.run(10)
-        want = np.dtype(dtype)
-        assert tr.state.params.flat.dtype == want and tr.state.mem.flat.dtype == want
-        assert tr.state.h.dtype == want and tr.ws.grads.flat.dtype == want, "silent promotion"
-    assert np.all(np.isfinite(runs["float32"]))
-    np.testing.assert_allclose(runs["float32"], runs["float64"], rtol=0, atol=1e-3)
+        for lr in (0.01, 0.1):
+            tr = Trainer(TrainConfig(hidden_size=64, batch_size=B, dtype=dtype, learning_rate=lr), corpus)
+            # lr 0.1 turns chaotic after a few iterations (float32 rounding grows like any other), so 3 there
+            runs[dtype, lr] = tr.run(30 if lr == 0.01 else 3)
+            want = np.dtype(dtype)
+            assert tr.state.params.flat.dtype == want and tr.state.mem.flat.dtype == want
+            assert tr.state.h.dtype == want and tr.ws.grads.flat.dtype == want, "silent promotion"
+    for lr in (0.01, 0.1):
+        assert np.all(np.isfinite(runs["float32", lr]))
+        np.testing.assert_allclose(runs["float32", lr], runs["float64", lr], rtol=0, atol=1e-3)
+        assert not np.array_equal(runs["float32", lr], runs["float64", lr])  # it really ran in float32
 
 
 # ---------------------------------------------------------------- divergence
@@ -389,10 +436,14 @@ def test_low_temperature_reproduces_overfit_text(overfit):
 
 def test_temperature_sharpens_distribution(overfit):
     tr, _ = overfit
-    P = tr.state.params
-    hot = sample(P, None, 0, 400, np.random.default_rng(0), temperature=5.0)
-    cold = sample(P, None, 0, 400, np.random.default_rng(0), temperature=0.05)
-    assert len(set(hot)) > len(set(cold))
+    text = "hello world! " * 40
+    prime = "hello w"
+    want = text[len(prime):len(prime) + 300]
+    misses = {}
+    for temp in (0.05, 1.0, 10.0):
+        out = tr.sample(length=300, temperature=temp, prime=prime, seed=0)[len(prime):]
+        misses[temp] = sum(a != b for a, b in zip(out, want))
+    assert misses[0.05] == 0 and misses[10.0] > 30 and misses[10.0] > misses[1.0], misses
 
 
 def test_prime_must_be_vocab_characters(overfit):
@@ -409,3 +460,14 @@ def test_advance_matches_single_stream_forward(eval_setup):
     for x in val[:20]:
         ref = np.tanh(Wxh[:, x] + Whh @ ref + bh)
     np.testing.assert_allclose(h, ref, rtol=1e-13, atol=1e-15)
+
+
+def test_blown_up_but_finite_loss_counts_as_diverged(shakes3k):
+    """The stable softmax keeps a blown-up model's loss finite; above DIVERGED_LOSS it still stops."""
+    from rnncore.trainer import DIVERGED_LOSS
+
+    tr = Trainer(TrainConfig(hidden_size=16, seq_length=10, learning_rate=1e6, iterations=200),
+                 make_corpus(shakes3k, 0.0))
+    losses = tr.run(200)
+    assert tr.diverged and len(losses) < 200
+    assert losses[-1] >= DIVERGED_LOSS and np.all(losses[:-1] < DIVERGED_LOSS)

@@ -1,0 +1,217 @@
+"""Training throughput, side by side in one process: the seed's loop (tests/seed_oracle.SeedRNN) vs rnncore.
+
+    .venv/bin/python bench/engine.py              # 3 interleaved rounds of ~2 s per contender and setting
+    .venv/bin/python bench/engine.py --quick      # a smoke run (short rounds)
+
+One BLAS thread for everyone. The seed has no batch: it always runs at B=1 float64 with the row's H and T.
+Rounds alternate between contenders so background load hits them alike; each contender's best round counts.
+If PyTorch imports, a CPU nn.RNN baseline (one-hot input, Linear output, cross-entropy, Adagrad) is added.
+Not a test: it prints numbers; the lead reads them on a quiet machine.
+"""
+from __future__ import annotations
+
+import os
+
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
+             "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS"):
+    os.environ[_var] = "1"  # before numpy is imported, so its BLAS starts with one thread
+
+import argparse  # noqa: E402
+import gc  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+from rnncore import TrainConfig, Trainer, load_corpus  # noqa: E402
+from seed_oracle import SeedRNN  # noqa: E402
+
+# (H, T, B, dtype, target ratio rnncore/seed or None)
+SETTINGS = [
+    (100, 25, 1, "float64", 3.5),
+    (512, 50, 1, "float64", 6.0),
+    (100, 25, 64, "float32", 15.0),
+    (512, 25, 64, "float32", None),
+]
+
+
+def blas_info() -> str:
+    try:
+        import threadpoolctl
+    except ImportError:
+        return "threadpoolctl not installed (thread count set by environment variables only)"
+    infos = threadpoolctl.threadpool_info()
+    if not infos:
+        return "threadpoolctl: no thread pools found"
+    return "; ".join(f"{i.get('internal_api')} {i.get('version')} ({i.get('threading_layer', '-')}) "
+                     f"num_threads={i.get('num_threads')} [{Path(i.get('filepath', '?')).name}]" for i in infos)
+
+
+def limit_threads():
+    try:
+        import threadpoolctl
+        return threadpoolctl.threadpool_limits(1)
+    except ImportError:
+        return None
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# ------------------------------------------------------------------------------------------- contenders
+
+
+class SeedContender:
+    name = "seed"
+
+    def __init__(self, corpus, H: int, T: int, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        V = corpus.vocab.size
+        Wxh, Whh, Why = (rng.standard_normal(s) * 0.01 for s in ((H, V), (H, H), (V, H)))
+        self.rnn = SeedRNN(corpus.train, V, Wxh, Whh, Why, np.zeros((H, 1)), np.zeros((V, 1)), T, 0.1)
+        self.chars_per_step = T
+
+    def step(self) -> None:
+        self.rnn.step()
+
+
+class RnncoreContender:
+    name = "rnncore"
+
+    def __init__(self, corpus, H: int, T: int, B: int, dtype: str):
+        self.trainer = Trainer(TrainConfig(hidden_size=H, seq_length=T, batch_size=B, dtype=dtype,
+                                           learning_rate=0.1), corpus)
+        self.chars_per_step = T * B
+
+    def step(self) -> None:
+        self.trainer.step()
+
+
+class TorchContender:
+    """nn.RNN(tanh) on one-hot inputs (its W_ih is the seed's Wxh), a Linear output layer, cross-entropy,
+    element-wise clip at 5, Adagrad; B streams at equally spaced offsets, hidden state carried and detached."""
+    name = "torch"
+
+    def __init__(self, torch, corpus, H: int, T: int, B: int, dtype: str):
+        self.torch = torch
+        nn = torch.nn
+        self.dtype = getattr(torch, dtype)
+        V = corpus.vocab.size
+        self.V, self.T, self.B = V, T, B
+        self.rnn = nn.RNN(V, H, nonlinearity="tanh").to(self.dtype)
+        self.out = nn.Linear(H, V).to(self.dtype)
+        self.params = list(self.rnn.parameters()) + list(self.out.parameters())
+        self.opt = torch.optim.Adagrad(self.params, lr=0.1, eps=1e-8)
+        self.loss_fn = nn.CrossEntropyLoss()
+        train = torch.from_numpy(corpus.train.astype(np.int64))
+        self.L = len(train) // B
+        self.streams = train[: self.L * B].view(B, self.L).t().contiguous()  # (L, B)
+        self.p, self.h, self.first = 0, torch.zeros(1, B, H, dtype=self.dtype), True
+        self.chars_per_step = T * B
+
+    def step(self) -> None:
+        torch, T = self.torch, self.T
+        if self.first or self.p + T + 1 >= self.L:
+            self.p, self.first = 0, False
+            self.h = self.h.new_zeros(self.h.shape)
+        win = self.streams[self.p: self.p + T + 1]  # (T+1, B)
+        x = torch.nn.functional.one_hot(win[:-1], self.V).to(self.dtype)  # (T, B, V)
+        hs, h = self.rnn(x, self.h)
+        logits = self.out(hs)  # (T, B, V)
+        loss = self.loss_fn(logits.reshape(-1, self.V), win[1:].reshape(-1))
+        self.opt.zero_grad(set_to_none=False)
+        loss.backward()
+        torch.nn.utils.clip_grad_value_(self.params, 5.0)
+        self.opt.step()
+        self.h = h.detach()
+        self.p += T
+
+
+def timed_round(contender, seconds: float) -> float:
+    """Whole training steps for about `seconds`; returns characters per second."""
+    gc.collect()
+    steps, t0 = 0, time.perf_counter()
+    while True:
+        contender.step()
+        steps += 1
+        dt = time.perf_counter() - t0
+        if dt >= seconds:
+            return steps * contender.chars_per_step / dt
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=float, default=2.0, help="length of one timed round per contender")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best one counts")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 0.3 s rounds, 2 of them")
+    ap.add_argument("--data", default=str(REPO / "data" / "tinyshakespeare.txt"))
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.seconds, args.rounds = min(args.seconds, 0.3), min(args.rounds, 2)
+
+    limiter = limit_threads()
+    try:
+        import torch
+        torch.set_num_threads(1)
+        torch.manual_seed(0)
+    except ImportError:
+        torch = None
+
+    corpus = load_corpus(args.data, 0.1)
+    print(f"# rnncore vs the seed's loop: training chars/s, one thread, best of {args.rounds} interleaved "
+          f"rounds of {args.seconds:g} s")
+    print(f"- CPU: {cpu_name()}; Python {platform.python_version()}; numpy {np.__version__}"
+          + (f"; torch {torch.__version__}" if torch else "; torch not installed (no torch column)"))
+    print(f"- BLAS: {blas_info()}")
+    print(f"- data: {args.data}: {len(corpus.train):,} train chars, vocab {corpus.vocab.size}; "
+          "the seed always runs at B=1 float64\n", flush=True)
+
+    head = "| H | T | B | dtype | seed chars/s | rnncore chars/s | rnncore/seed | target | met |"
+    rule = "|---:|---:|---:|:---|---:|---:|---:|---:|:---:|"
+    if torch:
+        head += " torch chars/s | rnncore/torch |"
+        rule += "---:|---:|"
+    rows = []
+    for H, T, B, dtype, target in SETTINGS:
+        contenders = [SeedContender(corpus, H, T), RnncoreContender(corpus, H, T, B, dtype)]
+        if torch:
+            contenders.append(TorchContender(torch, corpus, H, T, B, dtype))
+        for c in contenders:  # warm up: buffers, caches, first-call costs
+            for _ in range(2):
+                c.step()
+        best = {c.name: 0.0 for c in contenders}
+        for r in range(args.rounds):
+            order = contenders if r % 2 == 0 else contenders[::-1]  # alternate who goes first
+            for c in order:
+                best[c.name] = max(best[c.name], timed_round(c, args.seconds))
+        ratio = best["rnncore"] / best["seed"]
+        met = "—" if target is None else ("yes" if ratio >= target else "NO")
+        row = (f"| {H} | {T} | {B} | {dtype} | {best['seed']:,.0f} | {best['rnncore']:,.0f} | {ratio:.2f}x | "
+               f"{'—' if target is None else f'≥{target:g}x'} | {met} |")
+        if torch:
+            row += f" {best['torch']:,.0f} | {best['rnncore'] / best['torch']:.2f}x |"
+        rows.append(row)
+        print(f"  measured H={H} T={T} B={B} {dtype}", file=sys.stderr, flush=True)
+    print(head)
+    print(rule)
+    print("\n".join(rows))
+    if limiter is not None:
+        limiter.restore_original_limits()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
