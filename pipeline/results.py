@@ -35,7 +35,7 @@ HISTORY_SCHEMA = pa.schema(
      ("val_loss", pa.float64()), ("val_bpc", pa.float64()), ("chars_per_sec", pa.float64()),
      ("elapsed_s", pa.float64())]
 )
-STATUSES = ("finished", "stopped", "diverged", "failed", "running", "pending")
+STATUSES = ("finished", "stopped", "diverged", "failed", "running", "interrupted")
 
 
 def versions() -> dict[str, str]:

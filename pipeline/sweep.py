@@ -106,13 +106,13 @@ def run_sweep(cfg: SweepConfig, *, address: str | None, resume: bool) -> int:
                                run_config=_run_config(cfg, callback, tune_dir))
         if resume:  # a restored Tuner keeps the callbacks it was saved with: hand it this driver's
             tuner._local_tuner._run_config.callbacks = [callback]
-        interrupted = False
         try:
-            tuner.fit()
+            tuner.fit()  # Ctrl-C: Tune stops the trials, saves its state and returns
         except KeyboardInterrupt:
-            interrupted = True
-        interrupted = interrupted or callback.interrupted
-        callback.finish(interrupted=interrupted)
+            pass
+        closed = sum(1 for r in table.trials.values() if r.get("status") in ("finished", "stopped", "diverged", "failed"))
+        interrupted = closed < cfg.num_trials and not cfg.time_budget_s
+        callback.finish()
         best = callback.best()
         tracker.finish_sweep(status="KILLED" if interrupted else "FINISHED", best=best,
                              files=[str(table.trials_path), str(table.history_path)])
@@ -225,7 +225,6 @@ class SweepCallback(_callback_base()):
         self.runs: dict[str, str] = {}  # Tune trial id -> MLflow run id
         self.t0 = time.monotonic()
         self.last_print = 0.0
-        self.interrupted = False
 
     # identity ------------------------------------------------------------------------------------
     def _key(self, trial) -> tuple[str, int]:
@@ -323,13 +322,14 @@ class SweepCallback(_callback_base()):
         self.table.write()
         self._progress(None, force=True)
 
-    def finish(self, *, interrupted: bool) -> None:
+    def finish(self) -> None:
         """After fit(): runs still open were interrupted; mark them KILLED and write the tables."""
         for tid, run in self.runs.items():
             key = trial_key(int(tid.rsplit("_", 1)[-1]))
             row = self.table.trials.get(key, {})
             if row.get("status") == "running":
                 self.tracker.end_run(run, "KILLED", {"status": "interrupted"})
+                self.table.set_trial(key, {"status": "interrupted"})
         self.table.write()
 
     def best(self) -> dict[str, Any] | None:

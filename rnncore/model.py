@@ -107,12 +107,12 @@ def loss_and_grads(P: Params, X: np.ndarray, Y: np.ndarray, h0: np.ndarray, ws: 
     np.dot(hflat, P.Why.T, out=probs)  # (TB, V) logits
     probs += P.by[:, 0]
     yflat = Y.reshape(-1)
-    np.max(probs, axis=1, keepdims=True, out=ws.rowmax)
+    np.maximum.reduce(probs, axis=1, keepdims=True, out=ws.rowmax)  # ufunc reduce: no wrapper overhead
     probs -= ws.rowmax
     target_logit = probs[ws.rows, yflat]  # (TB,) shifted logits of the targets
     np.exp(probs, out=probs)
-    sums = probs.sum(axis=1)  # (TB,)
-    loss = float(np.sum(np.log(sums)) - np.sum(target_logit))
+    sums = np.add.reduce(probs, axis=1)  # (TB,)
+    loss = float(np.add.reduce(np.log(sums)) - np.add.reduce(target_logit))
     probs /= sums[:, None]
 
     # backward: dy = p - onehot(target), then the output-layer gradients as GEMMs
@@ -122,7 +122,7 @@ def loss_and_grads(P: Params, X: np.ndarray, Y: np.ndarray, h0: np.ndarray, ws: 
         dy *= grad_scale
     G = ws.grads
     np.dot(dy.T, hflat, out=G.Why)  # (V, H)
-    np.sum(dy, axis=0, out=G.by[:, 0])
+    np.add.reduce(dy, axis=0, out=G.by[:, 0])
     np.dot(dy, P.Why, out=dhraw.reshape(T * B, H))  # (TB, H) gradient into h from the outputs
 
     # through time: dh_t = (outputs) + Whh.T dhraw_{t+1};  dhraw_t = (1 - h_t^2) * dh_t
@@ -138,7 +138,7 @@ def loss_and_grads(P: Params, X: np.ndarray, Y: np.ndarray, h0: np.ndarray, ws: 
         d *= dtanh[t]
 
     dflat = dhraw.reshape(T * B, H)
-    np.sum(dflat, axis=0, out=G.bh[:, 0])
+    np.add.reduce(dflat, axis=0, out=G.bh[:, 0])
     np.dot(dflat.T, hs[:-1].reshape(T * B, H), out=G.Whh)  # sum_t dhraw_t h_{t-1}^T
     # dWxh[:, x] += dhraw at every position that read x: a 1-D scatter-add into the flat (H, V) array
     G.Wxh.fill(0)
