@@ -117,6 +117,10 @@ def run_sweep(cfg: SweepConfig, *, address: str | None, resume: bool) -> int:
         tracker.finish_sweep(status="KILLED" if interrupted else "FINISHED", best=best,
                              files=[str(table.trials_path), str(table.history_path)])
         _print_summary(cfg, table, best, ui_command(uri), parent)
+        if table.trials:
+            from .report import write_report
+
+            print(f"report:  {write_report(output, tracking_uri=uri) / 'report.md'}")
         if interrupted:
             print(f"\ninterrupted: finish with  python -m pipeline.sweep {cfg.source_path} --resume",
                   file=sys.stderr)
@@ -139,7 +143,8 @@ def _start_ray(address: str | None) -> None:
             raise SweepError(f"cannot join the Ray cluster at {address}: {e}; check the address "
                              "(auto, HOST:PORT or ray://HOST:10001) and that the cluster is up") from None
     else:
-        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, **common)
+        # "local": a new instance even when a `ray start` cluster runs on this machine
+        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, **common)
 
 
 def _check_resources(cfg: SweepConfig) -> None:

@@ -7,6 +7,10 @@ Only the recurrence is sequential. The input layer is one gather for all steps, 
 gradients are one GEMM over all T*B positions, and every buffer is allocated once (Workspace).
 Arrays keep the seed's shapes: Wxh (H,V), Whh (H,H), Why (V,H), bh (H,1), by (V,1). Hidden states run
 as rows, h (B,H), so h @ Whh.T is the seed's Whh @ h for B columns at once.
+
+Packing: with K trials of the same shapes, every array gets a leading trial axis (Wxh (K,H,V), h (K,B,H))
+and the GEMMs become batched matmuls, so one step trains K models at once. The array module `xp` is numpy
+or CuPy; the same code runs on both.
 """
 from __future__ import annotations
 
@@ -17,23 +21,39 @@ def shapes(H: int, V: int) -> dict[str, tuple[int, int]]:
     return {"Wxh": (H, V), "Whh": (H, H), "Why": (V, H), "bh": (H, 1), "by": (V, 1)}
 
 
+def array_module(a):
+    """numpy, or cupy for a CuPy array (found without importing CuPy when it isn't in use)."""
+    return np if isinstance(a, np.ndarray) or type(a).__module__.split(".")[0] != "cupy" else __import__("cupy")
+
+
+def to_numpy(a) -> np.ndarray:
+    return a if isinstance(a, np.ndarray) else a.get()
+
+
 class Params:
-    """The seed's five arrays as views into one flat vector, so clipping and Adagrad are single array ops."""
+    """The seed's five arrays as views into one flat vector, so clipping and Adagrad are single array ops.
+
+    K = None: one model, the seed's shapes. K = k: k packed models, each array with a leading trial axis.
+    """
 
     NAMES = ("Wxh", "Whh", "Why", "bh", "by")
 
-    def __init__(self, flat: np.ndarray, H: int, V: int):
-        self.flat = flat  # (H*V + H*H + V*H + H + V,) every parameter, back to back
-        self.hidden_size, self.vocab_size = H, V
-        off = 0
+    def __init__(self, flat, H: int, V: int, K: int | None = None):
+        self.flat = flat  # every parameter back to back, each array's K copies together
+        self.hidden_size, self.vocab_size, self.K = H, V, K
+        lead, off = (() if K is None else (K,)), 0
         for name, shape in shapes(H, V).items():
-            n = shape[0] * shape[1]
-            setattr(self, name, flat[off: off + n].reshape(shape))
+            n = (K or 1) * shape[0] * shape[1]
+            setattr(self, name, flat[off: off + n].reshape(lead + shape))
             off += n
 
+    @staticmethod
+    def size(H: int, V: int, K: int | None = None) -> int:
+        return (K or 1) * (H * V + H * H + V * H + H + V)
+
     @classmethod
-    def zeros(cls, H: int, V: int, dtype) -> "Params":
-        return cls(np.zeros(H * V + H * H + V * H + H + V, dtype), H, V)
+    def zeros(cls, H: int, V: int, dtype, K: int | None = None, xp=np) -> "Params":
+        return cls(xp.zeros(cls.size(H, V, K), dtype), H, V, K)
 
     @classmethod
     def from_arrays(cls, Wxh, Whh, Why, bh, by, dtype=None) -> "Params":
@@ -43,14 +63,27 @@ class Params:
             dst[...] = src
         return P
 
-    def arrays(self) -> list[np.ndarray]:
+    @classmethod
+    def stack(cls, members: list["Params"], xp=np) -> "Params":
+        """K single models packed into one (copied to xp's device)."""
+        m0 = members[0]
+        P = cls.zeros(m0.hidden_size, m0.vocab_size, m0.flat.dtype, len(members), xp)
+        for name in cls.NAMES:
+            getattr(P, name)[...] = xp.asarray(np.stack([to_numpy(getattr(m, name)) for m in members]))
+        return P
+
+    def member(self, k: int) -> "Params":
+        """A numpy copy of packed model k."""
+        return Params.from_arrays(*(to_numpy(a[k]) for a in self.arrays()))
+
+    def arrays(self) -> list:
         return [self.Wxh, self.Whh, self.Why, self.bh, self.by]
 
     def zeros_like(self) -> "Params":
-        return Params(np.zeros_like(self.flat), self.hidden_size, self.vocab_size)
+        return Params(array_module(self.flat).zeros_like(self.flat), self.hidden_size, self.vocab_size, self.K)
 
     def copy(self) -> "Params":
-        return Params(self.flat.copy(), self.hidden_size, self.vocab_size)
+        return Params(self.flat.copy(), self.hidden_size, self.vocab_size, self.K)
 
 
 def init_params(H: int, V: int, rng: np.random.Generator, dtype="float64", scale: float = 0.01) -> Params:
@@ -62,88 +95,121 @@ def init_params(H: int, V: int, rng: np.random.Generator, dtype="float64", scale
 
 
 class Workspace:
-    """Buffers for one (T, B, H, V, dtype), reused by every step."""
+    """Buffers for one (T, B, H, V, dtype[, K]), reused by every step. Time is the leading axis so that
+    each step of the recurrence works on one contiguous (B, H) or (K, B, H) block."""
 
-    def __init__(self, T: int, B: int, H: int, V: int, dtype):
-        self.T, self.B, self.H, self.V = T, B, H, V
-        self.hs = np.zeros((T + 1, B, H), dtype)  # hs[0] = h_{-1}, hs[t+1] = h_t
-        self.pre = np.zeros((T, B, H), dtype)  # Wxh x_t + bh
-        self.dhraw = np.zeros((T, B, H), dtype)  # gradient at the tanh input
-        self.dhnext = np.zeros((B, H), dtype)
-        self.probs = np.zeros((T * B, V), dtype)  # softmax outputs, then dy in place
-        self.rowmax = np.zeros((T * B, 1), dtype)
-        self.rows = np.arange(T * B)
-        self.cols = np.arange(H) * V  # offsets of the columns of a row-major (H, V) array
-        self.dtanh = np.zeros((T, B, H), dtype)
-        self.grads = Params.zeros(H, V, dtype)
-        # row views, so the time loops index a Python list instead of building views each step
-        self.hs_t, self.pre_t, self.dhraw_t = list(self.hs), list(self.pre), list(self.dhraw)
+    def __init__(self, T: int, B: int, H: int, V: int, dtype, K: int | None = None, xp=np):
+        self.T, self.B, self.H, self.V, self.K, self.xp = T, B, H, V, K, xp
+        lead = () if K is None else (K,)
+        self.hs = xp.zeros((T + 1, *lead, B, H), dtype)  # hs[0] = h_{-1}, hs[t+1] = h_t
+        self.pre = xp.zeros((T, *lead, B, H), dtype)  # Wxh x_t + bh
+        self.dhraw = xp.zeros((T, *lead, B, H), dtype)  # gradient at the tanh input
+        self.dtanh = xp.zeros((T, *lead, B, H), dtype)
+        self.dhnext = xp.zeros((*lead, B, H), dtype)
+        self.probs = xp.zeros((*lead, T * B, V), dtype)  # softmax outputs, then dy in place
+        self.rowmax = xp.zeros((*lead, T * B, 1), dtype)
+        self.rows = xp.arange(T * B)
+        self.cols = xp.arange(H) * V  # offsets of the columns of a row-major (H, V) array
+        self.grads = Params.zeros(H, V, dtype, K, xp)
+        if K is None:  # one model: the (TB, H) views of the time-major buffers are free
+            self.hflat, self.hprev, self.dflat = (a.reshape(T * B, H) for a in (self.hs[1:], self.hs[:-1], self.dhraw))
+            self.mm = xp.dot  # 2-D products: BLAS gemv/gemm without matmul's batch overhead
+        else:  # packed: trial-major copies for the batched output-layer and weight-gradient products
+            self.hflat, self.hprev, self.dflat = (xp.zeros((K, T * B, H), dtype) for _ in range(3))
+            self.kk = xp.arange(K)[None, :, None]  # (1, K, 1) trial index for the input gather
+            self.kofs = (xp.arange(K) * H * V)[:, None, None]  # where each trial's Wxh starts
+            self.mm = xp.matmul
+        self.amax = np.maximum.reduce if xp is np else xp.max  # ufunc reduce skips numpy's wrapper
+        self.asum = np.add.reduce if xp is np else xp.sum
+        self.scatter_add = np.add.at if xp is np else __import__("cupyx").scatter_add
+        # per-step views, so the time loops index a Python list instead of building views each step
+        self.hs_t, self.pre_t, self.dhraw_t, self.dtanh_t = list(self.hs), list(self.pre), list(self.dhraw), list(self.dtanh)
 
 
-def loss_and_grads(P: Params, X: np.ndarray, Y: np.ndarray, h0: np.ndarray, ws: Workspace,
-                   grad_scale: float = 1.0) -> float:
+def _time_major(dst, src_km, K: int, T: int, B: int, H: int) -> None:
+    """(K, T*B, H) trial-major -> (T, K, B, H) time-major."""
+    dst[...] = src_km.reshape(K, T, B, H).transpose(1, 0, 2, 3)
+
+
+def _trial_major(dst_km, src, K: int, T: int, B: int, H: int) -> None:
+    """(T, K, B, H) time-major -> (K, T*B, H) trial-major."""
+    dst_km.reshape(K, T, B, H)[...] = src.transpose(1, 0, 2, 3)
+
+
+def loss_and_grads(P: Params, X, Y, h0, ws: Workspace, grad_scale: float = 1.0):
     """Forward and backward over one window; returns the summed loss (nats) and leaves grads in ws.grads.
 
-    X, Y: (T, B) input and target indices; h0: (B, H). The final hidden state is ws.hs[-1].
-    grad_scale multiplies dy (1 for the seed; 1/B averages the B streams).
+    X, Y: (T, B) input and target indices (shared by packed trials); h0: (B, H), or (K, B, H) packed.
+    The final hidden state is ws.hs[-1]. grad_scale multiplies dy (1 for the seed; 1/B averages the
+    B streams). Returns a float, or a (K,) array of per-trial sums when packed.
     """
-    T, B, H, V = ws.T, ws.B, ws.H, ws.V
-    hs, pre, dhraw, probs = ws.hs, ws.pre, ws.dhraw, ws.probs
-    hs_t, pre_t, dhraw_t = ws.hs_t, ws.pre_t, ws.dhraw_t
-    WhhT = P.Whh.T
+    T, B, H, V, K, xp, mm = ws.T, ws.B, ws.H, ws.V, ws.K, ws.xp, ws.mm
+    hs, pre, dhraw, probs, hflat, dflat = ws.hs, ws.pre, ws.dhraw, ws.probs, ws.hflat, ws.dflat
+    hs_t, pre_t, dhraw_t, dtanh_t = ws.hs_t, ws.pre_t, ws.dhraw_t, ws.dtanh_t
+    WhhT, Whh = P.Whh.swapaxes(-1, -2), P.Whh
 
     # forward: the input layer for all steps at once, then the recurrence
-    np.take(P.Wxh.T, X, axis=0, out=pre)  # (T, B, H) columns of Wxh picked by the one-hot inputs
-    pre += P.bh[:, 0]
+    if K is None:
+        xp.take(P.Wxh.T, X, axis=0, out=pre)  # (T, B, H) columns of Wxh picked by the one-hot inputs
+    else:
+        pre[...] = P.Wxh.swapaxes(1, 2)[ws.kk, X[:, None, :]]  # (T, K, B, H)
+    pre += P.bh.swapaxes(-1, -2)
     hs[0] = h0
     for t in range(T):
         h = hs_t[t + 1]
-        np.dot(hs_t[t], WhhT, out=h)
+        mm(hs_t[t], WhhT, out=h)
         h += pre_t[t]
-        np.tanh(h, out=h)
+        xp.tanh(h, out=h)
 
     # output layer over all T*B positions: one GEMM, a stable softmax, the loss
-    hflat = hs[1:].reshape(T * B, H)  # (TB, H)
-    np.dot(hflat, P.Why.T, out=probs)  # (TB, V) logits
-    probs += P.by[:, 0]
+    if K is not None:
+        _trial_major(hflat, hs[1:], K, T, B, H)
+    mm(hflat, P.Why.swapaxes(-1, -2), out=probs)  # (TB, V) logits
+    probs += P.by.swapaxes(-1, -2)
     yflat = Y.reshape(-1)
-    np.maximum.reduce(probs, axis=1, keepdims=True, out=ws.rowmax)  # ufunc reduce: no wrapper overhead
+    ws.amax(probs, axis=-1, keepdims=True, out=ws.rowmax)
     probs -= ws.rowmax
-    target_logit = probs[ws.rows, yflat]  # (TB,) shifted logits of the targets
-    np.exp(probs, out=probs)
-    sums = np.add.reduce(probs, axis=1)  # (TB,)
-    loss = float(np.add.reduce(np.log(sums)) - np.add.reduce(target_logit))
-    probs /= sums[:, None]
+    target_logit = probs[..., ws.rows, yflat]  # (TB,) shifted logits of the targets
+    xp.exp(probs, out=probs)
+    sums = ws.asum(probs, axis=-1)  # (TB,)
+    loss = ws.asum(xp.log(sums), axis=-1) - ws.asum(target_logit, axis=-1)
+    probs /= sums[..., None]
 
     # backward: dy = p - onehot(target), then the output-layer gradients as GEMMs
     dy = probs
-    dy[ws.rows, yflat] -= 1
+    dy[..., ws.rows, yflat] -= 1
     if grad_scale != 1.0:
         dy *= grad_scale
     G = ws.grads
-    np.dot(dy.T, hflat, out=G.Why)  # (V, H)
-    np.add.reduce(dy, axis=0, out=G.by[:, 0])
-    np.dot(dy, P.Why, out=dhraw.reshape(T * B, H))  # (TB, H) gradient into h from the outputs
+    mm(dy.swapaxes(-1, -2), hflat, out=G.Why)  # (V, H)
+    ws.asum(dy, axis=-2, out=G.by[..., 0])
+    mm(dy, P.Why, out=dflat)  # (TB, H) gradient into h from the outputs
+    if K is not None:
+        _time_major(dhraw, dflat, K, T, B, H)
 
     # through time: dh_t = (outputs) + Whh.T dhraw_{t+1};  dhraw_t = (1 - h_t^2) * dh_t
-    dtanh = ws.dtanh
-    np.multiply(hs[1:], hs[1:], out=dtanh)
-    np.subtract(1, dtanh, out=dtanh)  # (T, B, H) tanh' = 1 - h^2
+    xp.multiply(hs[1:], hs[1:], out=ws.dtanh)
+    xp.subtract(1, ws.dtanh, out=ws.dtanh)  # tanh' = 1 - h^2
     dnext = ws.dhnext
     for t in range(T - 1, -1, -1):
         d = dhraw_t[t]
         if t < T - 1:
-            np.dot(dhraw_t[t + 1], P.Whh, out=dnext)
+            mm(dhraw_t[t + 1], Whh, out=dnext)
             d += dnext
-        d *= dtanh[t]
+        d *= dtanh_t[t]
 
-    dflat = dhraw.reshape(T * B, H)
-    np.add.reduce(dflat, axis=0, out=G.bh[:, 0])
-    np.dot(dflat.T, hs[:-1].reshape(T * B, H), out=G.Whh)  # sum_t dhraw_t h_{t-1}^T
-    # dWxh[:, x] += dhraw at every position that read x: a 1-D scatter-add into the flat (H, V) array
+    if K is not None:
+        _trial_major(dflat, dhraw, K, T, B, H)
+        _trial_major(ws.hprev, hs[:-1], K, T, B, H)
+    ws.asum(dflat, axis=-2, out=G.bh[..., 0])
+    mm(dflat.swapaxes(-1, -2), ws.hprev, out=G.Whh)  # sum_t dhraw_t h_{t-1}^T
+    # dWxh[:, x] += dhraw at every position that read x: a 1-D scatter-add into the flat (H, V) array(s)
     G.Wxh.fill(0)
-    np.add.at(G.Wxh.reshape(-1), (X.reshape(-1, 1) + ws.cols).reshape(-1), dflat.reshape(-1))
-    return loss
+    idx = X.reshape(-1, 1) + ws.cols  # (TB, H)
+    if K is not None:
+        idx = idx[None] + ws.kofs  # (K, TB, H)
+    ws.scatter_add(G.Wxh.reshape(-1), idx.reshape(-1), dflat.reshape(-1))
+    return float(loss) if K is None else loss
 
 
 def evaluate(P: Params, ids: np.ndarray, streams: int = 32, chunk: int = 256) -> float:

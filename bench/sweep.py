@@ -1,0 +1,91 @@
+"""Sweep overhead: the same 8 trials (a) one after another in one process with rnncore alone, and
+(b) through `python -m pipeline.sweep` with 2 CPUs, Ray Tune, MLflow logging and Parquet tables.
+
+    .venv/bin/python bench/sweep.py [--iterations N]
+
+Target on a 2-core machine: (b) <= 0.6 x (a), i.e. at most ~20 % over perfect 2-way scaling.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[var] = "1"
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+LRS = [0.01, 0.015, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15]
+TRAIN = dict(hidden_size=128, seq_length=32, batch_size=8, dtype="float32", eval_every=1000,
+             sample_every=2000, sample_length=200)
+
+
+def sweep_yaml(iterations: int, output: Path) -> str:
+    fixed = "\n".join(f"  {k}: {v}" for k, v in {**TRAIN, "iterations": iterations}.items())
+    return f"""name: bench-sweep
+data: {{path: {ROOT / 'data/tinyshakespeare.txt'}, val_fraction: 0.1}}
+train:
+  learning_rate: {{grid_search: {LRS}}}
+{fixed}
+num_samples: 1
+seed: 0
+scheduler: {{type: fifo}}
+max_concurrent_trials: 2
+resources: {{cpu: 1, gpu: 0}}
+mlflow: {{experiment: bench-sweep}}
+output: {output}
+"""
+
+
+def sequential(iterations: int) -> float:
+    from rnncore import TrainConfig, Trainer, load_corpus, train_loop
+    from pipeline.trainable import trial_seed
+
+    corpus = load_corpus(ROOT / "data/tinyshakespeare.txt", 0.1)
+    t0 = time.perf_counter()
+    for i, lr in enumerate(LRS):
+        cfg = TrainConfig(**TRAIN, iterations=iterations, learning_rate=lr, seed=trial_seed(0, i))
+        t = time.perf_counter()
+        for _ in train_loop(Trainer(cfg, corpus)):
+            pass
+        print(f"  (a) trial {i} lr={lr}: {time.perf_counter() - t:.1f} s", flush=True)
+    return time.perf_counter() - t0
+
+
+def through_pipeline(iterations: int) -> float:
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "bench.yaml"
+        path.write_text(sweep_yaml(iterations, Path(d) / "out"))
+        env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+        t0 = time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", "pipeline.sweep", str(path)], cwd=d, env=env,
+                           capture_output=True, text=True)
+        dt = time.perf_counter() - t0
+        if r.returncode != 0:
+            sys.exit(f"sweep failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+        print("\n".join("  (b) " + l for l in r.stdout.splitlines() if l.startswith("[")), flush=True)
+        return dt
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--iterations", type=int, default=8000, help="per trial (8000 is about 15 s here)")
+    args = p.parse_args()
+    print(f"8 trials: H={TRAIN['hidden_size']} T={TRAIN['seq_length']} B={TRAIN['batch_size']} "
+          f"{TRAIN['dtype']}, {args.iterations} iterations, eval every {TRAIN['eval_every']}")
+    a = sequential(args.iterations)
+    b = through_pipeline(args.iterations)
+    print("\n| run | wall s | ratio to (a) |\n| --- | --- | --- |")
+    print(f"| (a) rnncore alone, one after another | {a:.1f} | 1.00 |")
+    print(f"| (b) pipeline.sweep, 2 CPUs, MLflow + Parquet | {b:.1f} | {b / a:.2f} |")
+    print(f"\ntarget: (b) <= 0.60 x (a): {'met' if b <= 0.6 * a else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()

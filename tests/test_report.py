@@ -1,0 +1,351 @@
+"""pipeline.report and pipeline.sample on synthetic sweeps: Parquet tables written with ResultsTable and a real
+local MLflow store (sqlite) holding a real rnncore checkpoint; no Ray."""
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import pandas as pd
+import pytest
+import yaml
+
+from pipeline.report import ReportError, load_results, write_report
+from pipeline.sample import SampleError, sample_trial
+from pipeline.sample import main as sample_main
+from rnncore.config import FIELD_NAMES
+from fixtures_report import (
+    PRIME,
+    SMALL_BASE,
+    SMALL_TRAIN,
+    build_trials,
+    log_to_mlflow,
+    make_checkpoint,
+    small_specs,
+    sweep_yaml,
+    write_realistic,
+    write_sweep,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """The 6-trial sweep with MLflow runs (t0002 stopped, t0004 diverged, t0003 best), reported once."""
+    root = tmp_path_factory.mktemp("small")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    out = root / "results" / "small"
+    text = sweep_yaml("small", SMALL_TRAIN, num_samples=3, output=str(out), tracking_uri=uri)
+    trials, history = build_trials(small_specs(), base=SMALL_BASE)
+    checkpoint = make_checkpoint(root / "checkpoint.npz")
+    parent = log_to_mlflow(uri, root / "artifacts", name="small", sweep_text=text, trials=trials,
+                           checkpoint=checkpoint)
+    write_sweep(out, text, trials, history)
+    report = write_report(out)
+    return {"root": root, "uri": uri, "out": out, "parent": parent, "report": report,
+            "md": (report / "report.md").read_text(encoding="utf-8")}
+
+
+def _section(md: str, title: str) -> str:
+    m = re.search(rf"^## {re.escape(title)}.*?$(.*?)(?=^## |\Z)", md, re.M | re.S)
+    assert m, f"no section {title!r} in report.md"
+    return m.group(1)
+
+
+def _table_rows(section: str) -> tuple[list[str], list[list[str]]]:
+    lines = [l for l in section.splitlines() if l.startswith("|")]
+    cells = [[c.strip() for c in l.strip().strip("|").split("|")] for l in lines]
+    return cells[0], cells[2:]
+
+
+def _assert_png(path: Path) -> None:
+    assert path.exists(), f"{path.name} missing"
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    assert path.stat().st_size > 10_000, f"{path.name} is suspiciously small"
+    img = mpimg.imread(path)
+    assert img.ndim == 3 and img.shape[0] >= 400 and img.shape[1] >= 600
+    assert img[..., :3].std() > 0.05, f"{path.name} looks blank"
+
+
+def _run(*args, cwd) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+# -------------------------------------------------------------------------------------------- the report
+
+
+def test_plots_are_valid_pngs(small):
+    names = ["learning_curves.png", "bpc_vs_hidden_size.png", "bpc_vs_learning_rate.png"]
+    for name in names:
+        _assert_png(small["report"] / name)
+    # hidden_size and seq_length are not both searched here: no heatmap
+    assert not (small["report"] / "heatmap_hidden_seq.png").exists()
+    assert small["report"] == small["out"] / "report"
+
+
+def test_counts_by_status(small):
+    head, rows = _table_rows(_section(small["md"], "Trials by status"))
+    counts = {r[0]: int(r[1]) for r in rows}
+    assert counts == {"finished": 4, "stopped": 1, "diverged": 1, "**total**": 6}
+
+
+def test_leaderboard_matches_pandas(small):
+    head, rows = _table_rows(_section(small["md"], "Leaderboard"))
+    df = pd.read_parquet(small["out"] / "trials.parquet")
+    ranked = df[df["status"].isin(["finished", "stopped"]) & df["val_loss"].notna()].sort_values("val_loss")
+    assert len(rows) == len(ranked) == 5  # the diverged trial is left out
+    col = {h: i for i, h in enumerate(head)}
+    for needed in ("trial", "status", "hidden_size", "learning_rate", "val_loss (nats/char)", "val bits/char",
+                   "chars/s", "MLflow run id"):
+        assert needed in col
+    for (_, want), got in zip(ranked.iterrows(), rows):
+        assert got[col["trial"]] == want["trial_id"]
+        assert got[col["status"]] == want["status"]
+        assert int(got[col["hidden_size"]]) == want["hidden_size"]
+        assert float(got[col["learning_rate"]]) == pytest.approx(want["learning_rate"], rel=1e-3)
+        assert float(got[col["val_loss (nats/char)"]]) == pytest.approx(want["val_loss"], abs=5e-5)
+        assert float(got[col["val bits/char"]]) == pytest.approx(want["val_loss"] / math.log(2), abs=5e-5)
+        assert float(got[col["chars/s"]].replace(",", "")) == pytest.approx(want["chars_per_sec"], abs=0.5)
+        assert got[col["MLflow run id"]] == want["mlflow_run_id"]
+    assert rows[0][col["trial"]] == "t0003"
+
+
+def test_best_block_parses_and_matches_the_best_row(small):
+    section = _section(small["md"], "Best configuration")
+    block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    train = yaml.safe_load(block)["train"]
+    assert list(train) == list(FIELD_NAMES)  # every engine option, in the engine's order
+    df = pd.read_parquet(small["out"] / "trials.parquet").set_index("trial_id")
+    best = df.loc["t0003"]
+    for name, value in train.items():
+        want = best["target_iterations"] if name == "iterations" else best[name]
+        assert value == (pytest.approx(want) if isinstance(value, float) else want), name
+        assert type(value) is type(want.item() if hasattr(want, "item") else want), name
+    # the final sample of the best trial follows
+    assert best["sample"].strip() in small["md"]
+    assert "t0003" in section
+
+
+def test_importance_table_states_its_method(small):
+    section = _section(small["md"], "Hyperparameter importance")
+    assert "Method:" in section and "eta²" in section and "R²" in section
+    head, rows = _table_rows(section)
+    by_name = {r[0]: r for r in rows}
+    assert set(by_name) == {"hidden_size", "learning_rate"}
+    assert "eta²" in by_name["hidden_size"][2]
+    assert "log10" in by_name["learning_rate"][2]
+    for r in rows:
+        assert re.fullmatch(r"\d+%|n/a", r[4])
+
+
+def test_sweep_file_and_plots_listed(small):
+    assert "loguniform" in _section(small["md"], "Sweep file")
+    plots = _section(small["md"], "Plots")
+    assert "learning_curves.png" in plots and "bpc_vs_learning_rate.png" in plots
+
+
+def test_artifacts_on_the_parent_run(small):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=small["uri"])
+    logged = {os.path.basename(f.path) for f in client.list_artifacts(small["parent"], "report")}
+    assert {"report.md", "learning_curves.png", "bpc_vs_hidden_size.png", "bpc_vs_learning_rate.png"} <= logged
+    assert f"parent run `{small['parent']}`" in small["md"]
+    child = small["md"]  # nothing was logged to a child run
+    assert child
+    rid = pd.read_parquet(small["out"] / "trials.parquet")["mlflow_run_id"].iloc[0]
+    assert not client.list_artifacts(rid, "report")
+
+
+def test_unreachable_mlflow_still_writes_the_files(small, tmp_path, capsys):
+    out = tmp_path / "copy"
+    out.mkdir()
+    for f in ("trials.parquet", "history.parquet"):
+        (out / f).write_bytes((small["out"] / f).read_bytes())
+    report = write_report(out, tracking_uri="http://127.0.0.1:9")
+    assert "warning:" in capsys.readouterr().err
+    assert (report / "report.md").exists()
+    _assert_png(report / "learning_curves.png")
+
+
+def test_no_trials_parquet_is_a_clear_error(tmp_path):
+    with pytest.raises(ReportError, match="trials.parquet"):
+        write_report(tmp_path)
+    r = _run("-m", "pipeline.report", str(tmp_path), cwd=tmp_path)
+    assert r.returncode == 2 and "trials.parquet" in r.stderr
+
+
+# ---------------------------------------------------------------------------------------- other sweeps
+
+
+def test_realistic_sweep_draws_the_heatmap(tmp_path):
+    out = tmp_path / "realistic"
+    write_realistic(out)
+    report = write_report(out, log_to_mlflow=False)
+    for name in ("learning_curves.png", "bpc_vs_hidden_size.png", "bpc_vs_seq_length.png",
+                 "bpc_vs_learning_rate.png", "heatmap_hidden_seq.png"):
+        _assert_png(report / name)
+    md = (report / "report.md").read_text()
+    head, rows = _table_rows(_section(md, "Leaderboard"))
+    assert len(rows) == 10
+    imp = {r[0]: r for r in _table_rows(_section(md, "Hyperparameter importance"))[1]}
+    assert list(imp)[0] == "learning_rate"  # the surface's dominant term comes out on top
+
+
+def test_one_trial_sweep(tmp_path):
+    out = tmp_path / "one"
+    train = {"learning_rate": {"loguniform": [0.01, 0.1]}, **SMALL_BASE}
+    text = sweep_yaml("one", train, num_samples=1, output=str(out))
+    trials, history = build_trials([{"learning_rate": 0.03, "status": "finished", "final": 1.9}], base=SMALL_BASE)
+    write_sweep(out, text, trials, history)
+    report = write_report(out, log_to_mlflow=False)
+    _assert_png(report / "learning_curves.png")
+    _assert_png(report / "bpc_vs_learning_rate.png")
+    md = (report / "report.md").read_text()
+    assert len(_table_rows(_section(md, "Leaderboard"))[1]) == 1
+    assert "n/a" in _section(md, "Hyperparameter importance")
+    assert yaml.safe_load(re.search(r"```yaml\n(.*?)```", md, re.S).group(1))["train"]["learning_rate"] == 0.03
+
+
+def test_sweep_with_only_running_trials(tmp_path):
+    out = tmp_path / "running"
+    text = sweep_yaml("running", SMALL_TRAIN, num_samples=3, output=str(out))
+    specs = [{"hidden_size": 16, "learning_rate": 0.02, "status": "running", "final": 1.9, "stop_at": 750},
+             {"hidden_size": 32, "learning_rate": 0.05, "status": "running", "final": 1.8, "stop_at": 500}]
+    trials, history = build_trials(specs, base=SMALL_BASE)
+    write_sweep(out, text, trials, history)
+    report = write_report(out, log_to_mlflow=False)
+    for name in ("learning_curves.png", "bpc_vs_hidden_size.png", "bpc_vs_learning_rate.png"):
+        _assert_png(report / name)
+    md = (report / "report.md").read_text()
+    assert "in progress" in md
+    counts = {r[0]: r[1] for r in _table_rows(_section(md, "Trials by status"))[1]}
+    assert counts["running"] == "2" and counts["not started"] == "4"
+    assert "No trial has finished" in _section(md, "Leaderboard")
+    assert "None yet" in _section(md, "Best configuration")
+
+
+def test_failed_and_diverged_only(tmp_path):
+    out = tmp_path / "bad"
+    text = sweep_yaml("bad", SMALL_TRAIN, num_samples=1, output=str(out))
+    specs = [{"hidden_size": 16, "learning_rate": 0.3, "status": "diverged", "stop_at": 500},
+             {"hidden_size": 32, "learning_rate": 0.01, "status": "failed"}]
+    trials, history = build_trials(specs, base=SMALL_BASE)
+    write_sweep(out, text, trials, history)
+    report = write_report(out, log_to_mlflow=False)
+    assert (report / "report.md").exists() and (report / "bpc_vs_learning_rate.png").exists()
+
+
+def test_report_and_sample_import_no_ray():
+    code = "import sys, pipeline.report, pipeline.sample; assert 'ray' not in sys.modules, 'ray imported'"
+    r = _run("-c", code, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+
+
+def test_report_cli(small, tmp_path):
+    r = _run("-m", "pipeline.report", str(small["out"]), "--no-mlflow", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "report.md" in r.stdout
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+# ---------------------------------------------------------------------------------------------- sampling
+
+
+def test_sample_a_trial(small, tmp_path):
+    r = _run("-m", "pipeline.sample", str(small["out"]), "--trial", "t0001", "--length", "50", "--prime", PRIME,
+             cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.endswith("\n")
+    text = r.stdout[:-1]  # print's newline
+    assert text.startswith(PRIME) and len(text) == len(PRIME) + 50
+    assert "t0001" in r.stderr
+    # the same seed gives the same text (in-process from here on: a CLI start costs seconds)
+    again, row = sample_trial(small["out"], "t0001", length=50, prime=PRIME)
+    assert again == text and row["trial_id"] == "t0001"
+    other, _ = sample_trial(small["out"], "1", length=50, prime=PRIME, seed=1)  # "1" means t0001
+    assert other.startswith(PRIME) and other != text
+
+
+def test_sample_best(small, tmp_path):
+    r = _run("-m", "pipeline.sample", str(small["out"]), "--best", "--length", "30", "--prime", PRIME,
+             "--seed", "5", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(PRIME)
+    assert "t0003" in r.stderr  # the best trial by val_loss
+    default, row = sample_trial(small["out"], None, length=30, prime=PRIME, seed=5)  # no --trial: the best
+    assert row["trial_id"] == "t0003" and default + "\n" == r.stdout
+
+
+def test_sample_unknown_trial_lists_the_ids(small, tmp_path):
+    r = _run("-m", "pipeline.sample", str(small["out"]), "--trial", "t0099", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "t0099" in r.stderr
+    for i in range(6):
+        assert f"t{i:04d}" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_sample_trial_without_checkpoint(small, capsys):
+    assert sample_main([str(small["out"]), "--trial", "t0004", "--length", "10"]) == 2
+    err = capsys.readouterr().err
+    assert "t0004" in err and "diverged" in err and "checkpoint" in err
+
+
+def test_sample_folder_without_trials(tmp_path, capsys):
+    assert sample_main([str(tmp_path), "--best"]) == 2
+    assert "trials.parquet" in capsys.readouterr().err
+
+
+def test_sample_prime_outside_the_vocabulary(small, capsys):
+    assert sample_main([str(small["out"]), "--trial", "t0001", "--prime", "€"]) == 2
+    assert "never saw" in capsys.readouterr().err
+
+
+def test_sample_errors_are_sample_errors(small):
+    with pytest.raises(SampleError, match="valid trial ids: t0000, t0001"):
+        sample_trial(small["out"], "t0042")
+
+
+def test_load_results_reads_metric_and_searched(small):
+    res = load_results(small["out"])
+    assert res.metric == "val_loss" and res.mode == "min"
+    assert [(k, v[0]) for k, v in res.searched.items()] == [("hidden_size", "grid_search"),
+                                                             ("learning_rate", "loguniform")]
+    assert res.planned == 6
+    assert res.best()["trial_id"] == "t0003"
+
+
+def test_ranges_text_options_and_another_metric(tmp_path):
+    """lograndint/randint sizes (binned in the heatmap), a text option searched, metric val_bpc."""
+    out = tmp_path / "ranges"
+    base = {k: v for k, v in SMALL_BASE.items() if k not in ("dtype", "seq_length")}
+    train = {"hidden_size": {"lograndint": [16, 513]}, "seq_length": {"randint": [8, 65]},
+             "dtype": {"choice": ["float32", "float64"]}, **base}
+    text = sweep_yaml("ranges", train, num_samples=12, output=str(out), metric="val_bpc")
+    specs = [{"hidden_size": 16 * 2 ** (i % 6), "seq_length": 8 + 5 * i, "dtype": ("float32", "float64")[i % 2],
+              "status": "stopped" if i % 5 == 4 else "finished", "final": 2.2 - 0.05 * (i % 6) + 0.01 * i}
+             for i in range(12)]
+    trials, history = build_trials(specs, base=base)
+    write_sweep(out, text, trials, history)
+    report = write_report(out, log_to_mlflow=False)
+    for name in ("bpc_vs_hidden_size.png", "bpc_vs_seq_length.png", "bpc_vs_dtype.png", "heatmap_hidden_seq.png"):
+        _assert_png(report / name)
+    md = (report / "report.md").read_text()
+    head, rows = _table_rows(_section(md, "Leaderboard"))
+    df = pd.read_parquet(out / "trials.parquet")
+    want = df[df["status"].isin(["finished", "stopped"])].sort_values(["val_bpc", "trial_id"])["trial_id"]
+    assert [r[head.index("trial")] for r in rows] == list(want[:10])
+    imp = {r[0]: r for r in _table_rows(_section(md, "Hyperparameter importance"))[1]}
+    assert "eta²" in imp["dtype"][2] and "log10" in imp["hidden_size"][2] and "log10" not in imp["seq_length"][2]

@@ -1,0 +1,494 @@
+"""The sweep driver end to end, through its CLI: `python -m pipeline.sweep FILE` in a temporary working directory.
+
+One small ASHA sweep (4 trials) is run once per module and checked from every side: exit code, console
+output, the Parquet tables, the MLflow runs (read back from the temporary sqlite store) and the logged
+checkpoints. Separate small sweeps check reproducibility (FIFO, run twice) and divergence. Bad sweep files
+must exit 2 with a message naming the key and leave the working directory untouched.
+
+Every run gets a clean environment (no MLFLOW_* / RAY_*; see conftest.py), so MLflow writes
+`sqlite:///<tmp>/mlflow.db` and `<tmp>/mlruns`, and nothing lands in the repository.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import re
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+LN2 = math.log(2.0)
+CORPUS_CHARS = 20_000
+SWEEP_TAG = "rnnsweep.sweep_id"
+PARENT_TAG = "mlflow.parentRunId"
+
+# The end-to-end sweep: 2 grid points x num_samples 2 = 4 trials; ASHA halves at iterations 50 and 100.
+# The learning rates drawn with seed 0 (about 0.087, 0.025, 0.012, 0.011) make t0002 and t0003 clearly worse
+# than t0000 and t0001 at iteration 50; as they only start once t0000 or t0001 has finished (2 at once), ASHA
+# has that trial's iteration-50 result to compare with and stops them, whatever the timing.
+E2E: dict[str, Any] = {
+    "name": "e2e",
+    "data": {"path": "corpus.txt", "val_fraction": 0.1},
+    "train": {
+        "hidden_size": {"grid_search": [16, 32]},
+        "learning_rate": {"loguniform": [0.01, 0.3]},
+        "seq_length": 16,
+        "batch_size": 4,
+        "dtype": "float32",
+        "iterations": 200,
+        "eval_every": 50,
+        "sample_every": 100,
+        "sample_length": 50,
+    },
+    "num_samples": 2,
+    "seed": 0,
+    "metric": "val_loss",
+    "mode": "min",
+    "scheduler": {"type": "asha", "grace_period": 50, "reduction_factor": 2},
+    "max_concurrent_trials": 2,
+    "output": "out",
+}
+
+# A FIFO sweep for the reproducibility check: 2 trials with drawn learning rates.
+FIFO: dict[str, Any] = {
+    **E2E,
+    "name": "repro",
+    "train": {**E2E["train"], "hidden_size": 16, "iterations": 100, "sample_length": 20},
+    "seed": 7,
+    "scheduler": {"type": "fifo"},
+}
+
+# learning_rate 1e38 in float32 overflows the weights in the first updates: the loss is non-finite by
+# iteration 2 (checked with rnncore directly). Its grid partner trains normally.
+DIVERGE_LR = 1.0e38
+DIVERGE: dict[str, Any] = {
+    **FIFO,
+    "name": "diverge",
+    "train": {**FIFO["train"], "learning_rate": {"grid_search": [0.1, DIVERGE_LR]}},
+    "num_samples": 1,
+}
+
+TRIALS_TYPES = {
+    "trial_id": pa.string(), "status": pa.string(), "mlflow_run_id": pa.string(),
+    "hidden_size": pa.int64(), "seq_length": pa.int64(), "batch_size": pa.int64(), "iterations": pa.int64(),
+    "target_iterations": pa.int64(),
+    "learning_rate": pa.float64(), "val_loss": pa.float64(), "val_bpc": pa.float64(),
+    "best_val_loss": pa.float64(), "chars_per_sec": pa.float64(), "wall_s": pa.float64(),
+    "train_loss": pa.float64(),
+    "node": pa.string(), "sample": pa.string(), "error": pa.string(),
+}
+HISTORY_COLUMNS = ["trial_id", "iteration", "train_loss", "val_loss", "val_bpc", "chars_per_sec", "elapsed_s"]
+MLFLOW_METRICS = ("train_loss", "val_loss", "val_bpc", "chars_per_sec")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def write_sweep(folder: Path, sweep: dict[str, Any], corpus: str, name: str = "sweep.yaml") -> Path:
+    """The corpus as corpus.txt and the sweep file, in `folder`; returns the sweep file's path."""
+    (folder / "corpus.txt").write_text(corpus, encoding="utf-8")
+    path = folder / name
+    path.write_text(yaml.safe_dump(sweep, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@dataclass
+class SweepRun:
+    cwd: Path
+    sweep_file: Path
+    proc: subprocess.CompletedProcess
+
+    @property
+    def output(self) -> Path:
+        return self.cwd / "out"
+
+    @property
+    def uri(self) -> str:
+        return f"sqlite:///{self.cwd / 'mlflow.db'}"
+
+    def trials(self) -> pd.DataFrame:
+        return pd.read_parquet(self.output / "trials.parquet").sort_values("trial_id", ignore_index=True)
+
+    def history(self) -> pd.DataFrame:
+        return pd.read_parquet(self.output / "history.parquet").sort_values(["trial_id", "iteration"],
+                                                                             ignore_index=True)
+
+    def mlflow(self) -> "Mlflow":
+        return Mlflow.read(self.uri, experiment=yaml.safe_load(self.sweep_file.read_text())["name"])
+
+
+@dataclass
+class Mlflow:
+    client: Any
+    experiment: Any
+    parents: list
+    children: dict[str, Any]  # trial_id tag -> Run
+    runs: list
+
+    @classmethod
+    def read(cls, uri: str, experiment: str) -> "Mlflow":
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(experiment)
+        assert exp is not None, f"no MLflow experiment {experiment!r} in {uri}"
+        runs = client.search_runs([exp.experiment_id], max_results=1000)
+        parents = [r for r in runs if PARENT_TAG not in r.data.tags]
+        children = [r for r in runs if PARENT_TAG in r.data.tags]
+        by_trial = {r.data.tags.get("trial_id"): r for r in children}
+        assert len(by_trial) == len(children), "two child runs share a trial_id tag"
+        return cls(client=client, experiment=exp, parents=parents, children=by_trial, runs=runs)
+
+
+def run_sweep(run_module, folder: Path, sweep: dict[str, Any], corpus: str, *args: str) -> SweepRun:
+    sweep_file = write_sweep(folder, sweep, corpus)
+    proc = run_module("pipeline.sweep", sweep_file.name, *args, cwd=folder)
+    return SweepRun(cwd=folder, sweep_file=sweep_file, proc=proc)
+
+
+def expected_reports(row: pd.Series, eval_every: int) -> list[int]:
+    """The iterations a trial reported at: every eval_every up to where it ended (sample_every is a multiple)."""
+    return list(range(eval_every, int(row["iterations"]) + 1, eval_every))
+
+
+# ------------------------------------------------------------------------------------ the e2e sweep
+
+
+@pytest.fixture(scope="module")
+def e2e(tmp_path_factory, run_module, corpus_text, proc_text) -> SweepRun:
+    run = run_sweep(run_module, tmp_path_factory.mktemp("e2e"), E2E, corpus_text(CORPUS_CHARS))
+    assert run.proc.returncode == 0, proc_text(run.proc)
+    return run
+
+
+@pytest.fixture(scope="module")
+def e2e_mlflow(e2e) -> Mlflow:
+    return e2e.mlflow()
+
+
+@pytest.mark.slow
+def test_trials_table_has_one_typed_row_per_trial(e2e: SweepRun) -> None:
+    schema = pq.read_schema(e2e.output / "trials.parquet")
+    for name, arrow_type in TRIALS_TYPES.items():
+        assert schema.field(name).type == arrow_type, name
+    assert schema.metadata[b"rnnsweep.sweep_yaml"].decode() == e2e.sweep_file.read_text()
+
+    t = e2e.trials()
+    assert len(t) == 4 == len(set(t["trial_id"]))
+    assert list(t["trial_id"]) == ["t0000", "t0001", "t0002", "t0003"]
+    for name in ("trial_id", "status", "mlflow_run_id", "node", "sample"):
+        assert pd.api.types.is_string_dtype(t[name]), name
+    for name in ("hidden_size", "seq_length", "batch_size", "iterations", "target_iterations"):
+        assert t[name].dtype == "int64", name
+    for name in ("learning_rate", "val_loss", "val_bpc", "best_val_loss", "chars_per_sec", "wall_s"):
+        assert t[name].dtype == "float64", name
+
+    assert set(t["status"]) <= {"finished", "stopped"}
+    assert sorted(t["hidden_size"]) == [16, 16, 32, 32]
+    assert t["learning_rate"].between(0.01, 0.3).all()
+    assert t["learning_rate"].nunique() == 4
+    assert (t["seq_length"] == 16).all() and (t["batch_size"] == 4).all() and (t["target_iterations"] == 200).all()
+    assert t[["val_loss", "val_bpc", "best_val_loss", "train_loss"]].notna().all().all()
+    assert (t["val_bpc"] == t["val_loss"] / LN2).all()
+    assert (t["best_val_loss"] <= t["val_loss"]).all()
+    assert (t["chars_per_sec"] > 0).all() and (t["wall_s"] > 0).all()
+    assert t["mlflow_run_id"].str.fullmatch(r"[0-9a-f]{32}").all() and t["mlflow_run_id"].nunique() == 4
+    assert t["node"].str.len().gt(0).all()
+    assert t["error"].isna().all()
+    finished = t[t["status"] == "finished"]
+    assert (finished["iterations"] == 200).all()
+    assert (finished["sample"].str.len() == 50).all()
+
+
+@pytest.mark.slow
+def test_asha_stopped_the_weak_trials(e2e: SweepRun) -> None:
+    t = e2e.trials().set_index("trial_id")
+    stopped = t[t["status"] == "stopped"]
+    assert len(stopped) >= 1
+    assert (stopped["iterations"] < stopped["target_iterations"]).all()
+    assert {"t0002", "t0003"} <= set(stopped.index)  # see E2E: they cannot beat a finished trial at iteration 50
+    assert t.loc["t0000", "status"] == "finished"  # the best at every rung
+    best = t["val_loss"].idxmin()
+    assert best == "t0000"
+
+
+@pytest.mark.slow
+def test_history_table_has_one_row_per_report(e2e: SweepRun) -> None:
+    schema = pq.read_schema(e2e.output / "history.parquet")
+    assert schema.names == HISTORY_COLUMNS
+    assert schema.field("trial_id").type == pa.string() and schema.field("iteration").type == pa.int64()
+    for name in HISTORY_COLUMNS[2:]:
+        assert schema.field(name).type == pa.float64(), name
+
+    h, t = e2e.history(), e2e.trials()
+    assert set(h["trial_id"]) == set(t["trial_id"])
+    assert (h["val_bpc"] == h["val_loss"] / LN2).all()
+    for _, row in t.iterrows():
+        rows = h[h["trial_id"] == row["trial_id"]]
+        assert list(rows["iteration"]) == expected_reports(row, 50), row["trial_id"]
+        if row["status"] == "finished":
+            assert len(rows) == 200 // 50
+        else:
+            assert len(rows) < 200 // 50
+        assert rows["val_loss"].iloc[-1] == row["val_loss"]
+        assert rows["val_loss"].min() == row["best_val_loss"]
+        assert rows["elapsed_s"].is_monotonic_increasing
+        assert (rows["chars_per_sec"] > 0).all()
+
+
+@pytest.mark.slow
+def test_console_output_is_a_concise_summary(e2e: SweepRun) -> None:
+    out, err = e2e.proc.stdout, e2e.proc.stderr
+    lines = (out + err).splitlines()
+    assert len(lines) < 60, out + err
+    assert "leaderboard" in out
+    board = out[out.index("leaderboard"):]
+    for tid in ("t0000", "t0001", "t0002", "t0003"):
+        assert tid in board
+    assert str(e2e.output.resolve() / "trials.parquet") in out
+    assert str(e2e.output.resolve() / "history.parquet") in out
+    assert f"mlflow ui --backend-store-uri sqlite:///{(e2e.cwd / 'mlflow.db').resolve()}" in out
+    for noise in ("Trial status", "Trial name", "Current time", "Logical resource usage", "╭", "│", "+---",
+                  "Traceback", "WARNING"):
+        assert noise not in out + err, noise
+
+
+@pytest.mark.slow
+def test_mlflow_has_one_parent_run_with_the_sweep_file(e2e: SweepRun, e2e_mlflow: Mlflow, tmp_path: Path) -> None:
+    m = e2e_mlflow
+    assert len(m.parents) == 1
+    parent = m.parents[0]
+    assert parent.data.tags.get(SWEEP_TAG)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["num_trials"] == "4"
+    assert parent.data.tags["best_trial_id"] == "t0000"
+    names = {a.path for a in m.client.list_artifacts(parent.info.run_id)}
+    assert "sweep.yaml" in names
+    local = m.client.download_artifacts(parent.info.run_id, "sweep.yaml", str(tmp_path))
+    assert Path(local).read_text() == e2e.sweep_file.read_text()
+    assert len(m.runs) == 1 + 4
+
+
+@pytest.mark.slow
+def test_mlflow_has_one_child_run_per_trial(e2e: SweepRun, e2e_mlflow: Mlflow) -> None:
+    m, t = e2e_mlflow, e2e.trials()
+    parent = m.parents[0]
+    assert sorted(m.children) == list(t["trial_id"])
+    assert all(r.info.status != "RUNNING" for r in m.runs)
+    for _, row in t.iterrows():
+        run = m.children[row["trial_id"]]
+        assert run.info.run_id == row["mlflow_run_id"]
+        assert run.data.tags[PARENT_TAG] == parent.info.run_id
+        assert run.data.tags[SWEEP_TAG] == parent.data.tags[SWEEP_TAG]
+        assert run.info.run_name == f"{row['trial_id']}-h{row['hidden_size']}-lr{row['learning_rate']:.2g}"
+        assert re.fullmatch(r"t\d{4}-h(16|32)-lr0\.\d+", run.info.run_name)
+        p = run.data.params
+        assert int(p["hidden_size"]) == row["hidden_size"] and int(p["seq_length"]) == 16
+        assert int(p["batch_size"]) == 4 and float(p["learning_rate"]) == row["learning_rate"]
+        if row["status"] == "finished":
+            assert run.info.status == "FINISHED" and run.data.tags["status"] == "finished"
+        else:
+            assert run.info.status == "KILLED" and run.data.tags["status"] == "stopped"
+            reason = run.data.tags["stop_reason"]
+            assert "asha" in reason and f"iteration {row['iterations']} of 200" in reason
+
+
+@pytest.mark.slow
+def test_mlflow_metric_histories_follow_the_reports(e2e: SweepRun, e2e_mlflow: Mlflow) -> None:
+    h = e2e.history()
+    for tid, run in e2e_mlflow.children.items():
+        rows = h[h["trial_id"] == tid]
+        for key in MLFLOW_METRICS:
+            hist = sorted(e2e_mlflow.client.get_metric_history(run.info.run_id, key), key=lambda x: x.step)
+            assert [x.step for x in hist] == list(rows["iteration"]), (tid, key)
+            assert [x.value for x in hist] == pytest.approx(list(rows[key]), rel=1e-12), (tid, key)
+
+
+@pytest.mark.slow
+def test_mlflow_artifacts_hold_samples_and_a_usable_checkpoint(e2e: SweepRun, e2e_mlflow: Mlflow, tmp_path: Path,
+                                                               run_module, proc_text) -> None:
+    from rnncore import checkpoint
+
+    m, t = e2e_mlflow, e2e.trials()
+    sampled = set()
+    for _, row in t.iterrows():
+        run_id = row["mlflow_run_id"]
+        assert {a.path for a in m.client.list_artifacts(run_id, "model")} == {"model/checkpoint.npz"}
+        samples = {a.path for a in m.client.list_artifacts(run_id, "samples")}
+        want = {f"samples/iter_{it:06d}.txt" for it in expected_reports(row, 50) if it % 100 == 0}
+        assert samples == want, row["trial_id"]
+        if row["status"] == "finished":
+            assert {"samples/iter_000100.txt", "samples/iter_000200.txt"} <= samples
+            last = m.client.download_artifacts(run_id, "samples/iter_000200.txt", str(tmp_path / row["trial_id"]))
+            assert Path(last).read_text() == row["sample"]
+
+        local = Path(m.client.download_artifacts(run_id, "model/checkpoint.npz", str(tmp_path / row["trial_id"])))
+        cp = checkpoint.load(local)
+        assert cp.state.iteration == row["iterations"]
+        assert cp.cfg.hidden_size == row["hidden_size"] and cp.cfg.learning_rate == row["learning_rate"]
+        if row["status"] not in sampled:  # the sampling CLI on one finished and one stopped trial
+            sampled.add(row["status"])
+            proc = run_module("rnncore.sample", local, "--length", "20", cwd=tmp_path)
+            assert proc.returncode == 0, proc_text(proc)
+            assert len(proc.stdout) == 20 + 1  # 20 sampled characters (newlines among them) and print's newline
+    assert sampled == {"finished", "stopped"}
+
+
+@pytest.mark.slow
+def test_rerunning_a_finished_sweep_needs_resume(e2e: SweepRun, run_module, snapshot, proc_text) -> None:
+    before = snapshot(e2e.cwd)
+    proc = run_module("pipeline.sweep", e2e.sweep_file.name, cwd=e2e.cwd)
+    assert proc.returncode == 2, proc_text(proc)
+    assert "--resume" in proc.stderr and "output" in proc.stderr and "new folder" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert snapshot(e2e.cwd) == before
+
+
+# ----------------------------------------------------------------------------------- reproducibility
+
+
+@pytest.mark.slow
+def test_a_fifo_sweep_run_twice_gives_identical_results(tmp_path: Path, run_module, cli_env, short_tmp,
+                                                        corpus_text, proc_text) -> None:
+    """The same file in two working dirs, run at the same time (each starts its own local Ray)."""
+    folders = [tmp_path / "first", tmp_path / "second"]
+    files = []
+    for folder in folders:
+        folder.mkdir()
+        files.append(write_sweep(folder, FIFO, corpus_text(CORPUS_CHARS)))
+    envs = [cli_env(ray_tmp=short_tmp()) for _ in folders]
+    with ThreadPoolExecutor(len(folders)) as pool:
+        procs = list(pool.map(lambda i: run_module("pipeline.sweep", files[i].name, cwd=folders[i], env=envs[i]),
+                              range(len(folders))))
+    runs = [SweepRun(cwd=f, sweep_file=s, proc=p) for f, s, p in zip(folders, files, procs)]
+    for run in runs:
+        assert run.proc.returncode == 0, proc_text(run.proc)
+    a, b = (r.trials() for r in runs)
+    assert list(a["trial_id"]) == list(b["trial_id"]) == ["t0000", "t0001"]
+    assert (a["status"] == "finished").all() and (b["status"] == "finished").all()
+    assert a["learning_rate"].nunique() == 2
+    assert list(a["learning_rate"]) == list(b["learning_rate"])
+    assert list(a["val_loss"]) == list(b["val_loss"])
+    ha, hb = (r.history() for r in runs)
+    assert list(ha["val_loss"]) == list(hb["val_loss"]) and list(ha["train_loss"]) == list(hb["train_loss"])
+    assert list(a["sample"]) == list(b["sample"])
+
+
+# --------------------------------------------------------------------------------------- divergence
+
+
+@pytest.mark.slow
+def test_a_diverging_trial_is_recorded_and_the_sweep_goes_on(tmp_path: Path, run_module, corpus_text,
+                                                            proc_text) -> None:
+    run = run_sweep(run_module, tmp_path, DIVERGE, corpus_text(CORPUS_CHARS))
+    assert run.proc.returncode == 0, proc_text(run.proc)
+    t = run.trials().set_index("learning_rate")
+    bad, good = t.loc[DIVERGE_LR], t.loc[0.1]
+    assert bad["status"] == "diverged"
+    assert bad["iterations"] < bad["target_iterations"]
+    assert pd.isna(bad["val_loss"]) and "non-finite" in bad["error"]
+    assert good["status"] == "finished" and good["iterations"] == 100
+
+    m = run.mlflow()
+    bad_run, good_run = m.children[bad["trial_id"]], m.children[good["trial_id"]]
+    assert bad_run.data.tags["status"] == "diverged" and bad_run.info.status == "FAILED"
+    assert good_run.data.tags["status"] == "finished" and good_run.info.status == "FINISHED"
+    assert all(r.info.status != "RUNNING" for r in m.runs)
+
+
+# ------------------------------------------------------------------------------------------- dry run
+
+
+def test_dry_run_prints_the_plan_and_creates_nothing(tmp_path: Path, run_module, cli_env, fresh_ray_tmpdir,
+                                                     corpus_text, snapshot, proc_text) -> None:
+    sweep_file = write_sweep(tmp_path, E2E, corpus_text(CORPUS_CHARS))
+    before = snapshot(tmp_path)
+    proc = run_module("pipeline.sweep", sweep_file.name, "--dry-run", cwd=tmp_path,
+                      env=cli_env(ray_tmp=fresh_ray_tmpdir))
+    assert proc.returncode == 0, proc_text(proc)
+    out = proc.stdout
+    assert "4 trials" in out
+    searched = out[out.index("searched:"):out.index("fixed:")]
+    fixed = out[out.index("fixed:"):]
+    for key in ("hidden_size", "learning_rate"):
+        assert key in searched
+    for key in ("seq_length", "batch_size", "dtype", "iterations", "eval_every", "sample_every", "sample_length"):
+        assert re.search(rf"^\s+{key}\s", fixed, re.M), key
+    assert "asha" in out.lower()
+    assert snapshot(tmp_path) == before  # no mlflow.db, no mlruns, no output folder
+    assert list(fresh_ray_tmpdir.iterdir()) == []  # Ray never started (it would have made <RAY_TMPDIR>/ray)
+
+
+# ------------------------------------------------------------------------------------- bad sweep files
+
+
+def _set(dotted: str, value: Any) -> Callable[[dict], None]:
+    def change(sweep: dict) -> None:
+        *parents, last = dotted.split(".")
+        node = sweep
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    return change
+
+
+def _touch(relative: str, text: str = "") -> Callable[[Path], None]:
+    def setup(folder: Path) -> None:
+        path = folder / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return setup
+
+
+BAD_BASE: dict[str, Any] = {**FIFO, "name": "bad", "train": {**FIFO["train"], "iterations": 50}}
+
+# id, change to the sweep, setup of the working dir, key the message must name, further words it must contain
+BAD_CASES = [
+    pytest.param(_set("shceduler", {"type": "fifo"}), None, "shceduler", ["'scheduler'"], id="unknown_key"),
+    pytest.param(_set("train.hidden_sise", 16), None, "train.hidden_sise", ["'hidden_size'"], id="unknown_train_key"),
+    pytest.param(_set("train.hidden_size", 0), None, "train.hidden_size", ["> 0"], id="hidden_size_0"),
+    pytest.param(_set("train.learning_rate", {"loguniform": [0.3, 0.01]}), None, "train.learning_rate.loguniform",
+                 ["low < high"], id="low_above_high"),
+    pytest.param(_set("train.learning_rate", {"loguniform": [0.1, 0.1]}), None, "train.learning_rate.loguniform",
+                 ["low < high"], id="low_equals_high"),
+    pytest.param(_set("data.path", "missing.txt"), None, "data.path", ["missing.txt"], id="missing_corpus"),
+    pytest.param(_set("train.seq_length", 100_000), None, "train.seq_length", ["training split"],
+                 id="seq_length_longer_than_training_split"),
+    pytest.param(_set("output", "out"), _touch("out", "not a folder"), "output", ["existing file"],
+                 id="output_is_a_file"),
+    pytest.param(_set("output", "out"), _touch("out/trials.parquet"), "--resume", ["output", "new folder"],
+                 id="output_holds_a_sweep"),
+    pytest.param(_set("resources", {"cpu": 1, "gpu": 1}), None, "resources.gpu", ["GPU"],
+                 id="gpu_not_in_cluster", marks=pytest.mark.slow),  # starts Ray to read its resources
+]
+
+
+@pytest.mark.parametrize("change, setup, key, words", BAD_CASES)
+def test_bad_sweep_file_exits_2_and_creates_nothing(change, setup, key: str, words: list[str], tmp_path: Path,
+                                                    run_module, cli_env, corpus_text, snapshot, proc_text) -> None:
+    sweep = copy.deepcopy(BAD_BASE)
+    change(sweep)
+    if setup:
+        setup(tmp_path)
+    sweep_file = write_sweep(tmp_path, sweep, corpus_text(CORPUS_CHARS))
+    before = snapshot(tmp_path)
+    # CUDA_VISIBLE_DEVICES="" hides any GPU from Ray, so the GPU case holds on a GPU machine too
+    proc = run_module("pipeline.sweep", sweep_file.name, cwd=tmp_path, env=cli_env(CUDA_VISIBLE_DEVICES=""))
+    assert proc.returncode == 2, proc_text(proc)
+    assert proc.stderr.startswith("error:") or "\nerror:" in proc.stderr, proc_text(proc)
+    assert key in proc.stderr, proc_text(proc)
+    for word in words:
+        assert word in proc.stderr, proc_text(proc)
+    assert "Traceback" not in proc.stderr
+    assert snapshot(tmp_path) == before
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+    if setup is None:
+        assert not (tmp_path / "out").exists()
