@@ -155,11 +155,11 @@ def loss_and_grads(P: Params, X, Y, h0, ws: Workspace, grad_scale: float = 1.0):
         pre[...] = P.Wxh.swapaxes(1, 2)[ws.kk, X[:, None, :]]  # (T, K, B, H)
     pre += P.bh.swapaxes(-1, -2)
     hs[0] = h0
-    for t in range(T):
-        h = hs_t[t + 1]
-        mm(hs_t[t], WhhT, out=h)
-        h += pre_t[t]
-        xp.tanh(h, out=h)
+    add, tanh, mul = xp.add, xp.tanh, xp.multiply  # locals: this loop is the hot path at batch 1
+    for h_prev, h, p in zip(hs_t, hs_t[1:], pre_t):
+        mm(h_prev, WhhT, out=h)
+        add(h, p, out=h)
+        tanh(h, out=h)
 
     # output layer over all T*B positions: one GEMM, a stable softmax, the loss
     if K is not None:
@@ -191,12 +191,11 @@ def loss_and_grads(P: Params, X, Y, h0, ws: Workspace, grad_scale: float = 1.0):
     xp.multiply(hs[1:], hs[1:], out=ws.dtanh)
     xp.subtract(1, ws.dtanh, out=ws.dtanh)  # tanh' = 1 - h^2
     dnext = ws.dhnext
-    for t in range(T - 1, -1, -1):
-        d = dhraw_t[t]
-        if t < T - 1:
-            mm(dhraw_t[t + 1], Whh, out=dnext)
-            d += dnext
-        d *= dtanh_t[t]
+    mul(dhraw_t[T - 1], dtanh_t[T - 1], out=dhraw_t[T - 1])
+    for d_next, d, g in zip(dhraw_t[:0:-1], dhraw_t[-2::-1], dtanh_t[-2::-1]):
+        mm(d_next, Whh, out=dnext)
+        add(d, dnext, out=d)
+        mul(d, g, out=d)
 
     if K is not None:
         _trial_major(dflat, dhraw, K, T, B, H)
