@@ -8,12 +8,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
 from . import checkpoint
 from .config import TrainConfig
 from .data import CorpusError, load_corpus
-from .trainer import Trainer, TrainState, train_loop
+from .trainer import Trainer, train_loop
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -1,0 +1,185 @@
+"""The driver's Tune callback: trial results flow from Tune into MLflow child runs and the Parquet tables."""
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from .config import SweepConfig
+
+SHORT = {"hidden_size": "h", "seq_length": "s", "learning_rate": "lr", "batch_size": "b"}
+
+
+def trial_key(index: int) -> str:
+    return f"t{index:04d}"
+
+
+def run_name(config: dict[str, Any]) -> str:
+    """h128-s32-lr0.031: the searched values of a trial, short enough for the MLflow UI."""
+    parts = []
+    for k, v in config.items():
+        if isinstance(v, float):
+            v = f"{v:.2g}"
+        parts.append(f"{SHORT.get(k, k)}{v}")
+    return "-".join(parts) or "trial"
+
+
+class SweepCallback(tune.Callback):
+    """Driver side of the metric flow: Tune results -> MLflow child runs and the Parquet tables."""
+
+    def __init__(self, *, cfg: SweepConfig, tracker, table):
+        self.cfg, self.tracker, self.table = cfg, tracker, table
+        self.runs: dict[str, str] = {}  # Tune trial id -> MLflow run id
+        self.t0 = time.monotonic()
+        self.last_print = 0.0
+
+    # identity ------------------------------------------------------------------------------------
+    def _key(self, trial) -> tuple[str, int]:
+        from .trainable import trial_index
+
+        index = trial_index(trial.trial_id)
+        return trial_key(index), index
+
+    def _hparams(self, trial) -> dict[str, Any]:
+        from .trainable import train_config, trial_seed
+
+        _, index = self._key(trial)
+        base = self.cfg.base_config().to_dict()
+        cfg = train_config(base, trial.config, trial_seed(self.cfg.seed, index),
+                           derive_seed="seed" not in self.cfg.train)
+        return cfg.to_dict()
+
+    def _run(self, trial) -> str:
+        if trial.trial_id not in self.runs:
+            key, _ = self._key(trial)
+            hp = self._hparams(trial)
+            self.runs[trial.trial_id] = self.tracker.trial_run(trial_id=key, name=f"{key}-{run_name(trial.config)}",
+                                                               params=hp)
+            row = {k: v for k, v in hp.items() if k != "iterations"}
+            self.table.set_trial(key, {"status": "running", "mlflow_run_id": self.runs[trial.trial_id],
+                                       "target_iterations": hp["iterations"], **row})
+        return self.runs[trial.trial_id]
+
+    # Tune hooks ----------------------------------------------------------------------------------
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._run(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        key, _ = self._key(trial)
+        run = self._run(trial)
+        it = int(result["iteration"])
+        metrics = {k: result[k] for k in ("train_loss", "val_loss", "val_bpc", "chars_per_sec")}
+        self.tracker.log_metrics(run, metrics, step=it)
+        if result.get("sample"):
+            self.tracker.log_text(run, result["sample"], f"samples/iter_{it:06d}.txt")
+        self.table.add_report(key, {"iteration": it, **{k: _num(v) for k, v in metrics.items()},
+                                    "elapsed_s": float(result.get("elapsed_s", 0.0))})
+        self._progress(trials)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        key, _ = self._key(trial)
+        run = self._run(trial)
+        last = trial.last_result or {}
+        done_its, target = int(last.get("iteration", 0)), int(last.get("target_iterations", 0))
+        if last.get("diverged"):
+            status, mlflow_status = "diverged", "FAILED"
+            tags = {"status": "diverged", "error": f"loss became non-finite by iteration {done_its}"}
+        elif done_its < target:
+            status, mlflow_status = "stopped", "KILLED"
+            tags = {"status": "stopped", "stop_reason": f"stopped early by {self.cfg.scheduler.type} "
+                                                        f"(or the time budget) at iteration {done_its} of {target}"}
+        else:
+            status, mlflow_status, tags = "finished", "FINISHED", {"status": "finished"}
+        self._log_checkpoint(trial, run)
+        self._close(trial, key, run, status, mlflow_status, tags, last,
+                    error=tags.get("error", ""))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        key, _ = self._key(trial)
+        run = self._run(trial)
+        err = _error_text(trial)
+        self._close(trial, key, run, "failed", "FAILED", {"status": "failed", "error": err[-5000:]},
+                    trial.last_result or {}, error=err)
+
+    # helpers -------------------------------------------------------------------------------------
+    def _log_checkpoint(self, trial, run: str) -> None:
+        from .trainable import CHECKPOINT_FILE
+
+        cp = trial.checkpoint
+        if cp is None:
+            return
+        with cp.as_directory() as d:
+            path = os.path.join(d, CHECKPOINT_FILE)
+            if os.path.exists(path):
+                self.tracker.log_file(run, path, "model")
+
+    def _close(self, trial, key, run, status, mlflow_status, tags, last, *, error: str) -> None:
+        self.tracker.end_run(run, mlflow_status, tags)
+        hist = self.table.history_of(key)
+        vals = [r["val_loss"] for r in hist if r["val_loss"] is not None and math.isfinite(r["val_loss"])]
+        speeds = [r["chars_per_sec"] for r in hist if r["chars_per_sec"]]
+        self.table.set_trial(key, {
+            "status": status, "mlflow_run_id": run,
+            "iterations": int(last.get("iteration", 0)),
+            "train_loss": _num(last.get("train_loss")), "val_loss": _num(last.get("val_loss")),
+            "val_bpc": _num(last.get("val_bpc")), "best_val_loss": min(vals) if vals else None,
+            "chars_per_sec": sum(speeds) / len(speeds) if speeds else None,
+            "wall_s": float(last.get("time_total_s", 0.0)), "node": last.get("node"),
+            "sample": last.get("sample") or None, "error": error or None})
+        self.table.write()
+        self._progress(None, force=True)
+
+    def finish(self) -> None:
+        """After fit(): runs still open were interrupted; mark them KILLED and write the tables."""
+        for tid, run in self.runs.items():
+            key = trial_key(int(tid.rsplit("_", 1)[-1]))
+            row = self.table.trials.get(key, {})
+            if row.get("status") == "running":
+                self.tracker.end_run(run, "KILLED", {"status": "interrupted"})
+                self.table.set_trial(key, {"status": "interrupted"})
+        self.table.write()
+
+    def best(self) -> dict[str, Any] | None:
+        rows = [r for r in self.table.trials.values()
+                if r.get("status") in ("finished", "stopped") and _finite(r.get(self.cfg.metric))]
+        if not rows:
+            return None
+        pick = min if self.cfg.mode == "min" else max
+        return pick(rows, key=lambda r: r[self.cfg.metric])
+
+    def _progress(self, trials, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last_print < 10:
+            return
+        self.last_print = now
+        rows = self.table.trials.values()
+        count = {s: sum(1 for r in rows if r.get("status") == s) for s in
+                 ("finished", "stopped", "diverged", "failed", "running")}
+        done = count["finished"] + count["stopped"] + count["diverged"] + count["failed"]
+        pending = max(0, self.cfg.num_trials - done - count["running"])
+        best = self.best()
+        best_txt = f" | best {self.cfg.metric} {best[self.cfg.metric]:.4f} ({best['trial_id']})" if best else ""
+        extra = "".join(f", {count[s]} {s}" for s in ("stopped", "diverged", "failed") if count[s])
+        print(f"[{now - self.t0:6.0f}s] {done}/{self.cfg.num_trials} done{extra} | {count['running']} running | "
+              f"{pending} pending{best_txt}", flush=True)
+
+
+def _num(x) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _error_text(trial) -> str:
+    path = getattr(trial, "error_file", None)
+    if path and os.path.exists(path):
+        text = Path(path).read_text(errors="replace").strip()
+        lines = [l for l in text.splitlines() if l.strip()]
+        return lines[-1] if lines else text
+    return "trial failed (no error file)"
