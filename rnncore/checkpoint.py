@@ -17,7 +17,7 @@ import numpy as np
 from .config import TrainConfig
 from .data import Vocab
 from .model import Params, shapes
-from .trainer import TrainState
+from .trainer import TrainState, host_state
 
 FORMAT = "rnncore-checkpoint-1"
 WEIGHTS = Params.NAMES
@@ -37,6 +37,7 @@ class Checkpoint:
 def save(path: str | os.PathLike, cfg: TrainConfig, vocab: Vocab, state: TrainState) -> None:
     """Write atomically (temp file + rename): a crash leaves the old file or the new one, never half."""
     path = os.fspath(path)
+    state = host_state(state)
     arrays = {name: a for name, a in zip(WEIGHTS, state.params.arrays())}
     arrays.update({"m" + name: a for name, a in zip(WEIGHTS, state.mem.arrays())})
     arrays.update(vocab=vocab.to_array(), h=state.h, iteration=np.int64(state.iteration), p=np.int64(state.p),

@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Callable
 
 DTYPES = ("float64", "float32")
+DEVICES = ("cpu", "gpu", "auto")
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class TrainConfig:
     init_scale: float = 0.01  # weights start as randn * init_scale, biases at zero
     adagrad_eps: float = 1e-8  # Adagrad's epsilon inside the square root
     eval_streams: int = 32  # validation split is cut into this many contiguous segments run in parallel
+    device: str = "cpu"  # "cpu" (numpy), "gpu" (CuPy), "auto" (GPU when one is assigned/visible); use float32 on GPUs
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -71,6 +73,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "init_scale": (lambda v: v > 0, "must be > 0", "the seed uses 0.01"),
     "adagrad_eps": (lambda v: v > 0, "must be > 0", "the seed uses 1e-8"),
     "eval_streams": (lambda v: v > 0, "must be > 0", "use 1 to evaluate as one stream"),
+    "device": (lambda v: v in DEVICES, f"must be one of {', '.join(DEVICES)}", "pick cpu, gpu or auto"),
 }
 
 

@@ -211,38 +211,47 @@ def loss_and_grads(P: Params, X, Y, h0, ws: Workspace, grad_scale: float = 1.0):
     return float(loss) if K is None else loss
 
 
-def evaluate(P: Params, ids: np.ndarray, streams: int = 32, chunk: int = 256) -> float:
-    """Mean loss (nats/char) of predicting ids[1:] from ids[:-1].
+def evaluate(P: Params, ids: np.ndarray, streams: int = 32, chunk: int = 256):
+    """Mean loss (nats/char) of predicting ids[1:] from ids[:-1]; a (K,) array for packed params.
 
     The split is cut into `streams` contiguous segments run side by side; each starts from a zero hidden
     state and carries it along its segment (streams=1 carries one state along the whole split).
     """
+    xp, K = array_module(P.flat), P.K
     n = len(ids) - 1
     if n < 1:
         raise ValueError("evaluation needs at least 2 characters")
+    ids = to_numpy(ids)
     S = max(1, min(streams, n))
     Ls = -(-n // S)  # ceil: segment length, the last one padded
     pad = S * Ls - n
     X = np.concatenate([ids[:-1], np.zeros(pad, ids.dtype)]).reshape(S, Ls).T  # (Ls, S)
     Y = np.concatenate([ids[1:], np.zeros(pad, ids.dtype)]).reshape(S, Ls).T
     mask = np.concatenate([np.ones(n, bool), np.zeros(pad, bool)]).reshape(S, Ls).T
+    X, Y, mask = xp.asarray(X), xp.asarray(Y), xp.asarray(mask)
     H, V = P.hidden_size, P.vocab_size
-    chunk = max(1, min(chunk, (1 << 22) // max(1, S * V)))  # keep the (chunk*S, V) logits block modest
-    h = np.zeros((S, H), P.Whh.dtype)
-    WhhT, total = P.Whh.T, 0.0
+    chunk = max(1, min(chunk, (1 << 22) // max(1, S * V * (K or 1))))  # keep the logits block modest
+    lead = () if K is None else (K,)
+    mm = xp.dot if K is None else xp.matmul
+    h = xp.zeros((*lead, S, H), P.Whh.dtype)
+    WhhT, WxhT = P.Whh.swapaxes(-1, -2), P.Wxh.swapaxes(-1, -2)
+    bh, by, WhyT = P.bh.swapaxes(-1, -2), P.by.swapaxes(-1, -2), P.Why.swapaxes(-1, -2)
+    total = xp.zeros(lead, np.float64)
     for c0 in range(0, Ls, chunk):
         x, y, m = X[c0:c0 + chunk], Y[c0:c0 + chunk], mask[c0:c0 + chunk]
-        hs = P.Wxh.T[x] + P.bh[:, 0]  # (Tc, S, H)
+        hs = (WxhT[x] if K is None else WxhT[xp.arange(K)[None, :, None], x[:, None, :]]) + bh  # (Tc, [K,] S, H)
         for t in range(len(x)):
-            hs[t] += h @ WhhT
-            np.tanh(hs[t], out=hs[t])
+            hs[t] += mm(h, WhhT)
+            xp.tanh(hs[t], out=hs[t])
             h = hs[t]
-        logits = hs.reshape(-1, H) @ P.Why.T + P.by[:, 0]  # (Tc*S, V)
-        mx = logits.max(axis=1, keepdims=True)
-        lse = np.log(np.exp(logits - mx).sum(axis=1)) + mx[:, 0]
-        nll = lse - logits[np.arange(len(logits)), y.reshape(-1)]
-        total += float(nll[m.reshape(-1)].sum())
-    return total / n
+        hk = hs.reshape(-1, H) if K is None else hs.transpose(1, 0, 2, 3).reshape(K, -1, H)  # ([K,] Tc*S, H)
+        logits = mm(hk, WhyT) + by  # ([K,] Tc*S, V)
+        mx = logits.max(axis=-1, keepdims=True)
+        lse = xp.log(xp.exp(logits - mx).sum(axis=-1)) + mx[..., 0]
+        nll = lse - logits[..., xp.arange(logits.shape[-2]), y.reshape(-1)]
+        total += nll[..., m.reshape(-1)].sum(axis=-1)
+    out = to_numpy(total) / n
+    return float(out) if K is None else out
 
 
 def sample(P: Params, h: np.ndarray | None, seed_ix: int, n: int, rng: np.random.Generator,

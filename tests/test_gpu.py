@@ -1,0 +1,66 @@
+"""numpy vs CuPy parity of the engine (skipped without CuPy and a GPU)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+cupy = pytest.importorskip("cupy")
+try:
+    if cupy.cuda.runtime.getDeviceCount() < 1:
+        pytest.skip("no GPU", allow_module_level=True)
+except Exception as e:  # no driver
+    pytest.skip(f"no usable GPU: {e}", allow_module_level=True)
+
+from rnncore import TrainConfig, Trainer, make_corpus  # noqa: E402
+from rnncore.model import Params, Workspace, loss_and_grads  # noqa: E402
+from rnncore.trainer import PackedTrainer, init_state  # noqa: E402
+
+pytestmark = pytest.mark.gpu
+TEXT = (Path(__file__).resolve().parents[1] / "data" / "tinyshakespeare.txt").read_text(encoding="utf-8")[:5001]
+
+
+def rel(a, b) -> float:
+    a, b = (np.asarray(x.get() if hasattr(x, "get") else x, np.float64) for x in (a, b))
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
+
+
+@pytest.mark.parametrize("K", [None, 4])
+def test_loss_and_gradients_match_numpy(K):
+    corpus = make_corpus(TEXT, 0.1)
+    T, B, H, V = 20, 3, 48, corpus.vocab.size
+    rng = np.random.default_rng(1)
+    P = Params.zeros(H, V, "float64", K)
+    P.flat[...] = rng.standard_normal(P.flat.shape) * 0.3
+    X, Y = rng.integers(0, V, (T, B)), rng.integers(0, V, (T, B))
+    h0 = rng.standard_normal(((K,) if K else ()) + (B, H)) * 0.5
+    ws_np = Workspace(T, B, H, V, "float64", K, np)
+    ws_cp = Workspace(T, B, H, V, "float64", K, cupy)
+    Pc = Params(cupy.asarray(P.flat), H, V, K)
+    l_np = loss_and_grads(P, X, Y, h0, ws_np, 1 / B)
+    l_cp = loss_and_grads(Pc, cupy.asarray(X), cupy.asarray(Y), cupy.asarray(h0), ws_cp, 1 / B)
+    assert rel(l_cp, l_np) < 1e-12
+    for name in Params.NAMES:
+        assert rel(getattr(ws_cp.grads, name), getattr(ws_np.grads, name)) < 1e-10, name
+
+
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-9), ("float32", 2e-3)])
+def test_training_on_gpu_matches_cpu(dtype, tol):
+    corpus = make_corpus(TEXT, 0.1)
+    cfg = TrainConfig(hidden_size=64, seq_length=25, batch_size=4, learning_rate=0.01, dtype=dtype)
+    cpu, gpu = Trainer(cfg, corpus), Trainer(cfg.replace(device="gpu"), corpus)
+    assert gpu.xp is cupy
+    assert rel(gpu.run(200), cpu.run(200)) < tol
+    assert abs(gpu.evaluate() - cpu.evaluate()) / cpu.evaluate() < tol
+
+
+def test_packed_on_gpu_matches_trials_alone_on_cpu():
+    corpus = make_corpus(TEXT, 0.1)
+    cfgs = [TrainConfig(hidden_size=64, seq_length=25, batch_size=4, learning_rate=lr, seed=i, device="gpu")
+            for i, lr in enumerate((0.01, 0.02, 0.005))]
+    pt = PackedTrainer(cfgs, corpus)
+    alone = [Trainer(c.replace(device="cpu"), corpus) for c in cfgs]
+    losses = pt.run(200)
+    for k, tr in enumerate(alone):
+        assert rel(losses[:, k], tr.run(200)) < 1e-9
