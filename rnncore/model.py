@@ -119,11 +119,21 @@ class Workspace:
             self.kk = xp.arange(K)[None, :, None]  # (1, K, 1) trial index for the input gather
             self.kofs = (xp.arange(K) * H * V)[:, None, None]  # where each trial's Wxh starts
             self.mm = xp.matmul
+        self.fused = None if xp is np else _gpu_kernels(xp)  # one kernel for each elementwise pair on a GPU
         self.amax = np.maximum.reduce if xp is np else xp.max  # ufunc reduce skips numpy's wrapper
         self.asum = np.add.reduce if xp is np else xp.sum
-        self.scatter_add = np.add.at if xp is np else __import__("cupyx").scatter_add
+        # dWxh: numpy scatter-adds rows (cost ~ T*B*H); a GPU does better with one GEMM against a one-hot
+        # matrix of the inputs than with atomics piling onto few addresses (cost ~ T*B*H*V, so small V only)
+        self.onehot = xp.zeros((T * B, V), dtype) if xp is not np and V <= 1024 else None
+        self.vocab_ids = xp.arange(V)
         # per-step views, so the time loops index a Python list instead of building views each step
         self.hs_t, self.pre_t, self.dhraw_t, self.dtanh_t = list(self.hs), list(self.pre), list(self.dhraw), list(self.dtanh)
+
+
+def _gpu_kernels(cp):
+    """On a GPU a step is bound by kernel launches, not arithmetic: fuse each elementwise pair."""
+    return (cp.ElementwiseKernel("T p", "T h", "h = tanh(h + p)", "rnncore_add_tanh"),
+            cp.ElementwiseKernel("T dn, T g", "T d", "d = (d + dn) * g", "rnncore_add_mul"))
 
 
 def _time_major(dst, src_km, K: int, T: int, B: int, H: int) -> None:
@@ -147,6 +157,8 @@ def loss_and_grads(P: Params, X, Y, h0, ws: Workspace, grad_scale: float = 1.0):
     hs, pre, dhraw, probs, hflat, dflat = ws.hs, ws.pre, ws.dhraw, ws.probs, ws.hflat, ws.dflat
     hs_t, pre_t, dhraw_t, dtanh_t = ws.hs_t, ws.pre_t, ws.dhraw_t, ws.dtanh_t
     WhhT, Whh = P.Whh.swapaxes(-1, -2), P.Whh
+    if ws.fused:
+        WhhT = xp.ascontiguousarray(WhhT)  # cuBLAS's batched GEMM copies a transposed view at every call
 
     # forward: the input layer for all steps at once, then the recurrence
     if K is None:
@@ -156,10 +168,16 @@ def loss_and_grads(P: Params, X, Y, h0, ws: Workspace, grad_scale: float = 1.0):
     pre += P.bh.swapaxes(-1, -2)
     hs[0] = h0
     add, tanh, mul = xp.add, xp.tanh, xp.multiply  # locals: this loop is the hot path at batch 1
-    for h_prev, h, p in zip(hs_t, hs_t[1:], pre_t):
-        mm(h_prev, WhhT, out=h)
-        add(h, p, out=h)
-        tanh(h, out=h)
+    if ws.fused:
+        add_tanh, add_mul = ws.fused
+        for h_prev, h, p in zip(hs_t, hs_t[1:], pre_t):
+            mm(h_prev, WhhT, out=h)
+            add_tanh(p, h)
+    else:
+        for h_prev, h, p in zip(hs_t, hs_t[1:], pre_t):
+            mm(h_prev, WhhT, out=h)
+            add(h, p, out=h)
+            tanh(h, out=h)
 
     # output layer over all T*B positions: one GEMM, a stable softmax, the loss
     if K is not None:
@@ -194,20 +212,27 @@ def loss_and_grads(P: Params, X, Y, h0, ws: Workspace, grad_scale: float = 1.0):
     mul(dhraw_t[T - 1], dtanh_t[T - 1], out=dhraw_t[T - 1])
     for d_next, d, g in zip(dhraw_t[:0:-1], dhraw_t[-2::-1], dtanh_t[-2::-1]):
         mm(d_next, Whh, out=dnext)
-        add(d, dnext, out=d)
-        mul(d, g, out=d)
+        if ws.fused:
+            add_mul(dnext, g, d)
+        else:
+            add(d, dnext, out=d)
+            mul(d, g, out=d)
 
     if K is not None:
         _trial_major(dflat, dhraw, K, T, B, H)
         _trial_major(ws.hprev, hs[:-1], K, T, B, H)
     ws.asum(dflat, axis=-2, out=G.bh[..., 0])
     mm(dflat.swapaxes(-1, -2), ws.hprev, out=G.Whh)  # sum_t dhraw_t h_{t-1}^T
-    # dWxh[:, x] += dhraw at every position that read x: a 1-D scatter-add into the flat (H, V) array(s)
-    G.Wxh.fill(0)
-    idx = X.reshape(-1, 1) + ws.cols  # (TB, H)
-    if K is not None:
-        idx = idx[None] + ws.kofs  # (K, TB, H)
-    ws.scatter_add(G.Wxh.reshape(-1), idx.reshape(-1), dflat.reshape(-1))
+    # dWxh[:, x] += dhraw at every position that read x
+    if ws.onehot is not None:
+        xp.equal(X.reshape(-1, 1), ws.vocab_ids, out=ws.onehot)  # (TB, V), cast to the float dtype
+        mm(dflat.swapaxes(-1, -2), ws.onehot, out=G.Wxh)
+    else:
+        G.Wxh.fill(0)
+        idx = X.reshape(-1, 1) + ws.cols  # (TB, H)
+        if K is not None:
+            idx = idx[None] + ws.kofs  # (K, TB, H)
+        xp.add.at(G.Wxh.reshape(-1), idx.reshape(-1), dflat.reshape(-1))
     return float(loss) if K is None else loss
 
 
