@@ -69,16 +69,26 @@ class SweepCallback(tune.Callback):
         self._run(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        """A report repeated after a restart or a resume (the trial went on from an older checkpoint) is
+        recorded once: MLflow skips steps it already has, the history keeps the first row per iteration.
+        MLflow first, then the journal: a kill in between leaves a report in MLflow that the history
+        picks up when it comes again, never one in the history that MLflow lacks."""
         key, _ = self._key(trial)
         run = self._run(trial)
         it = int(result["iteration"])
         metrics = {k: result[k] for k in ("train_loss", "val_loss", "val_bpc", "chars_per_sec")}
-        self.tracker.log_metrics(run, metrics, step=it)
-        if result.get("sample"):
+        if self.tracker.log_metrics(run, metrics, step=it) and result.get("sample"):
             self.tracker.log_text(run, result["sample"], f"samples/iter_{it:06d}.txt")
         self.table.add_report(key, {"iteration": it, **{k: _num(v) for k, v in metrics.items()},
                                     "elapsed_s": float(result.get("elapsed_s", 0.0))})
         self._progress(trials)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """The trial's worker failed and Tune restarts it from its newest checkpoint (FailureConfig)."""
+        key, _ = self._key(trial)
+        done = int((trial.last_result or {}).get("iteration", 0))
+        print(f"{key}: worker failed at iteration {done}; restarting it from its newest checkpoint "
+              f"(failure {trial.num_failures} of max_failures {self.cfg.max_failures})", flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         key, _ = self._key(trial)
@@ -134,13 +144,22 @@ class SweepCallback(tune.Callback):
         self._progress(None, force=True)
 
     def finish(self) -> None:
-        """After fit(): runs still open were interrupted; mark them KILLED and write the tables."""
-        for tid, run in self.runs.items():
-            key = trial_key(int(tid.rsplit("_", 1)[-1]))
+        """After fit(): runs still open were interrupted; mark them KILLED and write the tables (their rows
+        hold the newest report; --resume continues them)."""
+        runs = {trial_key(int(tid.rsplit("_", 1)[-1])): run for tid, run in self.runs.items()}
+        for key, row in self.table.trials.items():  # rows a killed driver left running, not seen again
+            if row.get("status") == "running" and key not in runs and row.get("mlflow_run_id"):
+                runs[key] = row["mlflow_run_id"]
+        for key, run in runs.items():
             row = self.table.trials.get(key, {})
             if row.get("status") == "running":
                 self.tracker.end_run(run, "KILLED", {"status": "interrupted"})
-                self.table.set_trial(key, {"status": "interrupted"})
+                hist = self.table.history_of(key)
+                last = hist[-1] if hist else {}
+                vals = [r["val_loss"] for r in hist if _finite(r.get("val_loss"))]
+                self.table.set_trial(key, {"status": "interrupted", "iterations": int(last.get("iteration", 0)),
+                                           **{k: last.get(k) for k in ("train_loss", "val_loss", "val_bpc")},
+                                           "best_val_loss": min(vals) if vals else None})
         self.table.write()
 
     def best(self) -> dict[str, Any] | None:

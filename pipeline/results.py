@@ -3,6 +3,10 @@
 Explicit pyarrow schemas; every write goes to a temp file in the same folder and is renamed over the old
 one, so a crash leaves the previous table or the new one, never a truncated file. The sweep file and the
 package versions travel in the file metadata. The only module that writes Parquet.
+
+The tables are rewritten when a trial ends; in between, every report is also appended to a small journal
+(`.history.jsonl` in the output folder, emptied by each write), so a driver killed mid-sweep loses no report
+that reached it: `load_existing` (--resume) reads the tables and then the journal.
 """
 from __future__ import annotations
 
@@ -66,18 +70,43 @@ class ResultsTable:
     def history_path(self) -> Path:
         return self.output / "history.parquet"
 
+    @property
+    def journal_path(self) -> Path:
+        return self.output / ".history.jsonl"
+
     def load_existing(self) -> None:
-        """Pick up the rows of an interrupted sweep (for --resume)."""
+        """Pick up the rows of an interrupted sweep (for --resume), and drop the temp file of a write that a
+        kill cut short (the table it was to replace is intact)."""
+        for path in (self.trials_path, self.history_path):
+            for tmp in self.output.glob(f".{path.name}.*.tmp"):
+                tmp.unlink(missing_ok=True)
         if self.trials_path.exists():
             for row in pq.read_table(self.trials_path).to_pylist():
                 self.trials[row["trial_id"]] = row
         if self.history_path.exists():
             for row in pq.read_table(self.history_path).to_pylist():
                 self.history[(row["trial_id"], row["iteration"])] = row
+        if self.journal_path.exists():  # reports that arrived after the last write
+            names = set(HISTORY_SCHEMA.names)
+            for line in self.journal_path.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    row = json.loads(line)
+                    key = (str(row["trial_id"]), int(row["iteration"]))
+                except (ValueError, KeyError, TypeError):  # a line cut short by the kill
+                    continue
+                self.history.setdefault(key, {k: v for k, v in row.items() if k in names})
 
-    def add_report(self, trial_id: str, row: Mapping[str, Any]) -> None:
-        """One history row; a report repeated after a restore replaces the earlier one."""
-        self.history[(trial_id, int(row["iteration"]))] = {"trial_id": trial_id, **row}
+    def add_report(self, trial_id: str, row: Mapping[str, Any]) -> bool:
+        """One history row, also appended to the journal. A report already recorded for this trial and
+        iteration (repeated after a restart or a resume) is ignored: returns False."""
+        key = (trial_id, int(row["iteration"]))
+        if key in self.history:
+            return False
+        self.history[key] = {"trial_id": trial_id, **row}
+        self.output.mkdir(parents=True, exist_ok=True)
+        with open(self.journal_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(self.history[key]) + "\n")
+        return True
 
     def set_trial(self, trial_id: str, row: Mapping[str, Any]) -> None:
         self.trials[trial_id] = {**self.trials.get(trial_id, {}), "trial_id": trial_id, **row}
@@ -91,6 +120,10 @@ class ResultsTable:
         history = [self.history[k] for k in sorted(self.history)]
         _write_atomic(_table(trials, TRIALS_SCHEMA, self.meta), self.trials_path)
         _write_atomic(_table(history, HISTORY_SCHEMA, self.meta), self.history_path)
+        try:  # everything in the journal is in history.parquet now
+            self.journal_path.unlink()
+        except FileNotFoundError:
+            pass
 
 
 def _table(rows: list[Mapping[str, Any]], schema: pa.Schema, meta: dict[bytes, bytes]) -> pa.Table:

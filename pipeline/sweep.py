@@ -40,15 +40,7 @@ def sweep_id(cfg: SweepConfig) -> str:
 
 
 def run_sweep(cfg: SweepConfig, *, address: str | None, resume: bool) -> int:
-    import ray
-    from ray import tune
-
-    from rnncore import load_corpus
-
-    from .callback import SweepCallback
-    from .results import ResultsTable
-    from .tracking import Tracker, check_server, resolve_uri, ui_command
-    from .trainable import train_trial
+    from .tracking import Tracker, check_server, resolve_uri, ui_command  # imports no MLflow: cheap
 
     output = cfg.output.resolve()
     tune_dir = (cfg.storage.rstrip("/") + "/" + cfg.name) if cfg.storage else str(output / "tune")
@@ -60,9 +52,19 @@ def run_sweep(cfg: SweepConfig, *, address: str | None, resume: bool) -> int:
         raise SweepError(f"--resume: {cfg.output} holds no sweep to resume; run without --resume to start one")
 
     uri = resolve_uri(cfg.mlflow.tracking_uri)
-    check_server(uri)
+    check_server(uri)  # before importing Ray and Tune (seconds), so a dead server fails within its timeout
+    import ray
+    from ray import tune
+
+    from rnncore import load_corpus
+
+    from .callback import SweepCallback
+    from .results import ResultsTable
+    from .trainable import train_trial
+
     corpus = load_corpus(cfg.data.path, cfg.data.val_fraction)
     _start_ray(address)
+    tracker = callback = None
     try:
         _check_resources(cfg)
         tracker = Tracker(uri=uri, experiment=cfg.mlflow.experiment, sweep_id=sweep_id(cfg))
@@ -82,14 +84,21 @@ def run_sweep(cfg: SweepConfig, *, address: str | None, resume: bool) -> int:
             {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
         print(f"sweep {cfg.name}: {cfg.num_trials} trials, {cfg.scheduler.type} scheduler, "
               f"MLflow experiment {cfg.mlflow.experiment!r} at {uri}", flush=True)
-        if resume:
+        run_config = _run_config(cfg, callback, tune_dir)
+        if resume and tune.Tuner.can_restore(tune_dir):
+            # Tune's own state: trial ids, configs, statuses, newest checkpoints; finished trials stay finished
             tuner = tune.Tuner.restore(tune_dir, trainable=trainable, resume_unfinished=True, resume_errored=True,
                                        param_space=_param_space(cfg))
-        else:
+            # A restored Tuner runs with the RunConfig pickled at its start (the callback of a driver that is
+            # gone), and Tuner.restore takes no run_config (Ray 2.60): give it this driver's, same name and storage.
+            local = getattr(tuner, "_local_tuner", None)
+            if local is None or not hasattr(local, "_run_config"):
+                raise SweepError(f"--resume: this Ray version ({ray.__version__}) restores Tune runs in a way "
+                                 "rnnsweep does not support; pin the Ray version in pyproject.toml")
+            local._run_config = run_config
+        else:  # a fresh sweep, or one killed before Tune saved any state: start it (again)
             tuner = tune.Tuner(trainable, param_space=_param_space(cfg), tune_config=_tune_config(cfg),
-                               run_config=_run_config(cfg, callback, tune_dir))
-        if resume:  # a restored Tuner keeps the callbacks it was saved with: hand it this driver's
-            tuner._local_tuner._run_config.callbacks = [callback]
+                               run_config=run_config)
         try:
             tuner.fit()  # Ctrl-C: Tune stops the trials, saves its state and returns
         except KeyboardInterrupt:
@@ -101,7 +110,7 @@ def run_sweep(cfg: SweepConfig, *, address: str | None, resume: bool) -> int:
         tracker.finish_sweep(status="KILLED" if interrupted else "FINISHED", best=best,
                              files=[str(table.trials_path), str(table.history_path)])
         _print_summary(cfg, table, best, ui_command(uri), parent)
-        if table.trials:
+        if table.trials and not interrupted:  # an interrupted sweep gets its report when --resume finishes it
             from .report import write_report
 
             print(f"report:  {write_report(output, tracking_uri=uri) / 'report.md'}")
@@ -111,6 +120,12 @@ def run_sweep(cfg: SweepConfig, *, address: str | None, resume: bool) -> int:
             return 130
         statuses = [r["status"] for r in table.trials.values()]
         return 1 if statuses and all(s == "failed" for s in statuses) else 0
+    except KeyboardInterrupt:  # outside Tune's run (which handles Ctrl-C itself): close what is open
+        if tracker is not None and tracker.parent_id:
+            if callback is not None:
+                callback.finish()
+            tracker.finish_sweep(status="KILLED", best=None, files=[])
+        raise
     finally:
         ray.shutdown()
 
@@ -179,8 +194,10 @@ def _tune_config(cfg: SweepConfig):
                                   reduction_factor=cfg.scheduler.reduction_factor)
     else:
         scheduler = FIFOScheduler()
+    # Tune ignores max_concurrent_trials when given a search_alg (a warning we silence): the generator holds it
     return tune.TuneConfig(metric=cfg.metric, mode=cfg.mode, scheduler=scheduler,
-                           search_alg=BasicVariantGenerator(random_state=cfg.seed),
+                           search_alg=BasicVariantGenerator(random_state=cfg.seed,
+                                                            max_concurrent=cfg.max_concurrent_trials or 0),
                            num_samples=cfg.num_samples, max_concurrent_trials=cfg.max_concurrent_trials,
                            time_budget_s=cfg.time_budget_s, reuse_actors=True)
 
@@ -273,10 +290,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(cfg.plan_text())
         return 0
     address = args.address or os.environ.get("RAY_ADDRESS") or cfg.ray.address
-    if _is_loopback(address):  # keep Ray from swapping 127.0.0.1 for this machine's outward address
+    if not address or _is_loopback(address):
+        # Ray swaps 127.0.0.1 for this machine's outward address unless told the cluster is single-host
+        # (read when Ray is imported, so before any import of it)
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         return run_sweep(cfg, address=address, resume=args.resume)
+    except KeyboardInterrupt:  # Ctrl-C outside Tune's run (starting up, writing the summary)
+        started = (cfg.output / "trials.parquet").exists() or (cfg.output / "tune").exists()
+        print(f"\ninterrupted: finish with  python -m pipeline.sweep {cfg.source_path} --resume" if started
+              else "\ninterrupted before any trial started; run the same command again", file=sys.stderr)
+        return 130
     except (SweepError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -15,6 +15,9 @@ from typing import Any, Mapping
 SWEEP_TAG = "rnnsweep.sweep_id"
 RESULT_METRICS = ("train_loss", "val_loss", "val_bpc", "best_val_loss", "chars_per_sec", "iterations")
 TRIAL_TAG = "trial_id"
+# With a tracking server, MLflow prints two "View run/experiment at: URL" lines per ended run; the driver's
+# progress line and summary (which names the server) replace them.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 class TrackingError(RuntimeError):
@@ -71,6 +74,8 @@ class Tracker:
                 self.client.restore_experiment(exp.experiment_id)
             self.experiment_id = exp.experiment_id
         self.parent_id: str | None = None
+        self.children: dict[str, str] = {}  # trial_id tag -> run id, the parent's existing child runs (resume)
+        self.last_step: dict[str, int] = {}  # run id -> highest step logged, so a repeated report is not re-logged
 
     def _find(self, filter_string: str) -> str | None:
         runs = self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=1,
@@ -78,11 +83,15 @@ class Tracker:
         return runs[0].info.run_id if runs else None
 
     def start_sweep(self, *, name: str, params: Mapping[str, Any], sweep_text: str, resume: bool) -> str:
-        """The parent run: reattached on resume, else new (an earlier sweep with the same id keeps its run)."""
-        found = self._find(f"tags.`{SWEEP_TAG}` = '{self.sweep_id}'") if resume else None
+        """The parent run: reattached on resume, else new (an earlier sweep with the same id keeps its run).
+
+        Child runs carry the sweep tag too: the parent is the run with the tag and no parent of its own."""
+        found = self._find(f"tags.`{SWEEP_TAG}` = '{self.sweep_id}' and tags.`mlflow.parentRunId` IS NULL") \
+            if resume else None
         if found:
             self.parent_id = found
             self.client.update_run(found, status="RUNNING")
+            self.children = self._children(found)
         else:
             run = self.client.create_run(self.experiment_id, run_name=name, tags={SWEEP_TAG: self.sweep_id})
             self.parent_id = run.info.run_id
@@ -90,27 +99,57 @@ class Tracker:
             self.client.log_text(self.parent_id, sweep_text, "sweep.yaml")
         return self.parent_id
 
+    def _children(self, parent_id: str) -> dict[str, str]:
+        """trial_id tag -> run id of the parent's child runs (the oldest wins if a trial has two)."""
+        out: dict[str, str] = {}
+        token = None
+        while True:
+            page = self.client.search_runs([self.experiment_id], max_results=1000, page_token=token,
+                                           filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
+                                           order_by=["attributes.start_time DESC"])
+            for r in page:
+                if TRIAL_TAG in r.data.tags:
+                    out[r.data.tags[TRIAL_TAG]] = r.info.run_id
+            token = page.token
+            if not token:
+                return out
+
     def trial_run(self, *, trial_id: str, name: str, params: Mapping[str, Any]) -> str:
-        """The child run of a trial: found by tag when it already exists, else created."""
-        found = self._find(f"tags.`{TRIAL_TAG}` = '{trial_id}' and tags.`mlflow.parentRunId` = '{self.parent_id}'")
+        """The child run of a trial: reattached when the parent already has one for this trial, else created.
+
+        Children are looked up once per driver (start_sweep); a run created by this driver is kept by the caller."""
+        found = self.children.get(trial_id)
         if found:
             self.client.update_run(found, status="RUNNING")
+            keys = self.client.get_run(found).data.metrics
+            steps = [m.step for k in keys for m in self.client.get_metric_history(found, k)]
+            self.last_step[found] = max(steps, default=-1)
             return found
         run = self.client.create_run(self.experiment_id, run_name=name,
                                      tags={TRIAL_TAG: trial_id, "mlflow.parentRunId": self.parent_id,
                                            SWEEP_TAG: self.sweep_id})
         self.client.log_batch(run.info.run_id, params=_params(params))
+        self.children[trial_id] = run.info.run_id
+        self.last_step[run.info.run_id] = -1
         return run.info.run_id
 
-    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
-        """All metrics of one report in one request; non-finite values (divergence) are left out."""
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> bool:
+        """All metrics of one report in one request; non-finite values (divergence) are left out.
+
+        A step at or below the run's highest logged step is a report repeated after a restart or a resume
+        (the trial continued from an older checkpoint): nothing is logged and False is returned."""
         from mlflow.entities import Metric
 
+        if step <= self.last_step.get(run_id, -1):
+            return False
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
                  if isinstance(v, (int, float)) and math.isfinite(v)]
         if batch:
             self.client.log_batch(run_id, metrics=batch)
+        if run_id in self.last_step:
+            self.last_step[run_id] = step
+        return True
 
     def log_text(self, run_id: str, text: str, path: str) -> None:
         self.client.log_text(run_id, text, path)
@@ -119,8 +158,10 @@ class Tracker:
         self.client.log_artifact(run_id, local_path, artifact_dir)
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
-        for k, v in tags.items():
-            self.client.set_tag(run_id, k, str(v))
+        from mlflow.entities import RunTag
+
+        if tags:  # one request, not one per tag
+            self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def end_run(self, run_id: str, status: str, tags: Mapping[str, Any] | None = None) -> None:
         """status: FINISHED, FAILED or KILLED."""

@@ -2,12 +2,21 @@
 
 Each report carries the metrics of one evaluation, the newest sample text (if any) and a checkpoint, so
 ASHA can stop the trial and a restarted worker continues bit for bit from the newest report.
+
+A checkpoint folder holds the rnncore checkpoint and the report it came with (report.json). Tune hands a
+restarted trial the newest checkpoint its saved state knows of, which can be older than the newest one in
+the trial's folder (the worker or the driver was killed before Tune's state caught up). The trial continues
+from the newest complete one in its folder and first sends that checkpoint's report again, so the driver has
+it (the driver ignores reports it already has).
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
+import posixpath
+import shutil
 import tempfile
 from typing import Any
 
@@ -18,6 +27,11 @@ from rnncore import Corpus, TrainConfig, Trainer, train_loop
 from rnncore import checkpoint as ckpt
 
 CHECKPOINT_FILE = "checkpoint.npz"
+REPORT_FILE = "report.json"
+# Fault-injection tests only: when set, every start of a trial (first run, retry or resume) appends
+# "<pid> <iteration it starts from>" to <dir>/<trial key>.starts, so a test can kill that worker and check
+# where the trial picked up. Unset in normal use; nothing else reads or writes there.
+TEST_PIDFILE_ENV = "RNNSWEEP_TEST_PIDFILE_DIR"
 
 
 def trial_index(trial_id: str) -> int:
@@ -47,12 +61,23 @@ def train_trial(config: dict[str, Any], *, corpus: Corpus, base: dict[str, Any],
     index = trial_index(ctx.get_trial_id())
     seed = trial_seed(sweep_seed, index)
     cfg = train_config(base, config, seed, derive_seed=derive_seed)
-    state = None
-    restored = tune.get_checkpoint()
-    if restored is not None:
-        with restored.as_directory() as d:
-            state = ckpt.load(os.path.join(d, CHECKPOINT_FILE)).state
-    trainer = Trainer(cfg, corpus, state)
+    state, report, newer = None, {}, None
+    with tempfile.TemporaryDirectory() as keep:
+        restored = tune.get_checkpoint()
+        if restored is not None:
+            with restored.as_directory() as d:
+                state = ckpt.load(os.path.join(d, CHECKPOINT_FILE)).state
+                report = _read_report(d)
+        newer = _newer_checkpoint(ctx, restored, cfg, state.iteration if state else 0, keep)
+        if newer is not None:
+            state, report = newer
+        trainer = Trainer(cfg, corpus, state)
+        _note_start(index, trainer.state.iteration)
+        if newer is not None:
+            tune.report(report, checkpoint=tune.Checkpoint.from_directory(keep))
+    if report.get("diverged"):  # it ended there: training a non-finite state on would only add a report
+        return
+    elapsed0 = float(report.get("elapsed_s", 0.0)) if state is not None else 0.0
     node = ray.get_runtime_context().get_node_id()
     for pr in train_loop(trainer):
         val = pr.val_loss
@@ -64,7 +89,7 @@ def train_trial(config: dict[str, Any], *, corpus: Corpus, base: dict[str, Any],
             "val_loss": _finite(val),
             "val_bpc": _finite(val / math.log(2)) if val is not None else math.inf,
             "chars_per_sec": pr.chars_per_sec,
-            "elapsed_s": pr.elapsed_s,
+            "elapsed_s": elapsed0 + pr.elapsed_s,
             "diverged": pr.diverged,
             "sample": pr.sample or "",
             "node": node,
@@ -74,7 +99,76 @@ def train_trial(config: dict[str, Any], *, corpus: Corpus, base: dict[str, Any],
         }
         with tempfile.TemporaryDirectory() as d:
             ckpt.save(os.path.join(d, CHECKPOINT_FILE), cfg, corpus.vocab, trainer.state)
+            with open(os.path.join(d, REPORT_FILE), "w", encoding="utf-8") as f:
+                json.dump(metrics, f)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def _read_report(folder: str) -> dict[str, Any]:
+    try:
+        with open(os.path.join(folder, REPORT_FILE), encoding="utf-8") as f:
+            report = json.load(f)
+        return report if isinstance(report, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _newer_checkpoint(ctx, restored: "tune.Checkpoint | None", cfg: TrainConfig, iteration: int, dest: str):
+    """(state, report) of the newest complete checkpoint in this trial's folders (on the sweep's storage)
+    beyond `iteration`, copied into the empty folder `dest`; None if there is none.
+
+    Complete = both files load, the report matches the checkpoint and the engine config is this trial's; a
+    folder cut short by a kill fails that and is skipped. Folder names do not order them (a resumed trial
+    numbers its checkpoints from Tune's count again): iterations do. A copy is needed, not the folder itself:
+    Tune may persist the re-sent report onto that very folder."""
+    import pyarrow.fs as pafs
+
+    try:  # a developer API of Ray 2.x. A trial resumed before it had a folder in Tune's state gets a new
+        # folder (the name holds a timestamp): the trial id, stable across resumes, finds the older ones.
+        storage = ctx.get_storage()
+        fs, exp = storage.storage_filesystem, storage.experiment_fs_path
+        tag = f"_{ctx.get_trial_id()}_"
+        folders = [i.path for i in fs.get_file_info(pafs.FileSelector(exp, allow_not_found=True))
+                   if i.type == pafs.FileType.Directory and tag in posixpath.basename(i.path)]
+    except Exception:  # noqa: BLE001 - not in a Tune session, or the API moved: Tune's checkpoint's folder
+        if restored is None:
+            return None
+        fs, folders = restored.filesystem, [posixpath.dirname(restored.path.rstrip("/"))]
+    infos = []
+    for folder in folders:
+        try:
+            infos += fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+        except OSError:
+            pass
+    best = None
+    for info in infos:
+        if info.type != pafs.FileType.Directory or not posixpath.basename(info.path).startswith("checkpoint_"):
+            continue
+        try:
+            with tune.Checkpoint(path=info.path, filesystem=fs).as_directory() as src:
+                loaded = ckpt.load(os.path.join(src, CHECKPOINT_FILE))
+                report = _read_report(src)
+        except (OSError, ValueError):  # a folder cut short by a kill (CheckpointError is a ValueError)
+            continue
+        if (loaded.state.iteration > max(iteration, best[0] if best else -1)
+                and report.get("iteration") == loaded.state.iteration and loaded.cfg.to_dict() == cfg.to_dict()):
+            best = (loaded.state.iteration, loaded.state, report, info.path)
+    if best is None:
+        return None
+    try:
+        with tune.Checkpoint(path=best[3], filesystem=fs).as_directory() as src:
+            for name in (CHECKPOINT_FILE, REPORT_FILE):
+                shutil.copyfile(os.path.join(src, name), os.path.join(dest, name))
+    except OSError:
+        return None
+    return best[1], best[2]
+
+
+def _note_start(index: int, iteration: int) -> None:
+    folder = os.environ.get(TEST_PIDFILE_ENV)
+    if folder:
+        with open(os.path.join(folder, f"t{index:04d}.starts"), "a") as f:
+            f.write(f"{os.getpid()} {iteration}\n")
 
 
 def _finite(x: float | None) -> float:
