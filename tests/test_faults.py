@@ -1,0 +1,825 @@
+"""Fault injection: what survives a crash (docs/faults.md), each guarantee proven by the fault itself.
+
+- A trial's worker SIGKILLed mid-trial: the trial restarts from its newest checkpoint, in the same MLflow run,
+  and ends with the numbers of an uninterrupted run (FIFO, fixed seed: bit for bit).
+- The driver stopped by Ctrl-C (SIGINT to its process group) or SIGKILLed mid-sweep: `--resume` finishes the
+  sweep; finished and diverged trials are not trained again, the interrupted one continues from its newest
+  checkpoint, pending ones start; one parent and one child run per trial, none left RUNNING; the tables equal
+  those of an uninterrupted sweep.
+- The Parquet writer killed at random moments: the file always reads back whole, as one version written.
+- Hostile input through the CLIs: exit 2, one message, nothing started or written, nothing evaluated as code.
+- Load: 200 short trials, the driver's memory flat.
+
+The Ray-starting scenarios run two at a time in background threads (started by the `scenarios` fixture), each
+in its own working directory with a private RAY_TMPDIR, so the module stays within a few minutes on 2 cores.
+The trainable notes "<pid> <start iteration>" per trial start when RNNSWEEP_TEST_PIDFILE_DIR is set: that is
+how a test finds the worker to kill and checks where each trial (re)started.
+"""
+from __future__ import annotations
+
+import copy
+import glob
+import json
+import math
+import os
+import random
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PIDFILE_ENV = "RNNSWEEP_TEST_PIDFILE_DIR"
+PARENT_TAG = "mlflow.parentRunId"
+CORPUS_CHARS = 20_000
+DIVERGE_LR = 1.0e38  # float32 overflows in the first updates: the loss is non-finite by iteration 2
+
+# Four trials, one at a time, in a fixed order: t0000 diverges at once, t0001..t0003 train 6000 iterations
+# (about 2 s each) with a report and a checkpoint every 1000. The faults hit t0001 (worker) or t0002 (driver),
+# so at a driver kill t0000 is diverged, t0001 finished, t0002 half way and t0003 pending.
+ITERATIONS, EVAL_EVERY = 6000, 1000
+FAULT: dict[str, Any] = {
+    "name": "faults",
+    "data": {"path": "corpus.txt", "val_fraction": 0.1},
+    "train": {
+        "hidden_size": 16,
+        "learning_rate": {"grid_search": [DIVERGE_LR, 0.05, 0.02, 0.01]},
+        "seq_length": 16,
+        "batch_size": 4,
+        "dtype": "float32",
+        "iterations": ITERATIONS,
+        "eval_every": EVAL_EVERY,
+        "sample_every": 3000,
+        "sample_length": 20,
+    },
+    "num_samples": 1,
+    "seed": 3,
+    "metric": "val_loss",
+    "mode": "min",
+    "scheduler": {"type": "fifo"},
+    "max_concurrent_trials": 1,
+    "output": "out",
+}
+TRIALS = ["t0000", "t0001", "t0002", "t0003"]
+FINAL_STATUS = {"t0000": "diverged", "t0001": "finished", "t0002": "finished", "t0003": "finished"}
+MLFLOW_STATUS = {"diverged": "FAILED", "finished": "FINISHED", "interrupted": "KILLED"}
+METRICS = ("train_loss", "val_loss", "val_bpc", "chars_per_sec")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def write_sweep(folder: Path, sweep: dict[str, Any], corpus: str | bytes | None, name: str = "sweep.yaml") -> Path:
+    if corpus is not None:
+        target = folder / "corpus.txt"
+        target.write_bytes(corpus) if isinstance(corpus, bytes) else target.write_text(corpus, encoding="utf-8")
+    path = folder / name
+    path.write_text(yaml.safe_dump(sweep, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def corpus(n: int = CORPUS_CHARS) -> str:
+    return (REPO / "data" / "tinyshakespeare.txt").read_text(encoding="utf-8")[:n]
+
+
+def run_processes(marker: str) -> list[int]:
+    """PIDs of live processes that belong to one sweep run: their working directory or an open file lies under
+    `marker` (the run's private RAY_TMPDIR or its working directory). Ray's daemons rename themselves
+    (ray::IDLE, ...), which also wipes their cmdline and environ; cwd and open log files remain."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            links = [os.readlink(f"/proc/{entry.name}/cwd")]
+            links += [os.readlink(f"/proc/{entry.name}/fd/{fd}") for fd in os.listdir(f"/proc/{entry.name}/fd")]
+        except OSError:  # gone meanwhile, or a zombie
+            continue
+        if any(link == marker or link.startswith(marker + "/") for link in links):
+            found.append(int(entry.name))
+    return found
+
+
+def kill_run_processes(*markers: Path) -> list[int]:
+    """SIGKILL what a killed driver left behind (raylet, workers, agents) of THIS run only, by PID."""
+    killed = []
+    for _ in range(3):
+        pids = sorted({p for m in markers for p in run_processes(str(m))})
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            except ProcessLookupError:
+                pass
+        if not pids:
+            break
+        time.sleep(0.5)
+    return killed
+
+
+class Driver:
+    """`python -m pipeline.sweep ARGS` started in the background in `cwd`: its own session (process group),
+    output in files, the environment of conftest's cli_env plus RNNSWEEP_TEST_PIDFILE_DIR."""
+
+    def __init__(self, cwd: Path, env: dict[str, str], *args: str, name: str):
+        self.cwd, self.name = cwd, name
+        self.out_path, self.err_path = cwd / f"{name}.out", cwd / f"{name}.err"
+        with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
+            self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.sweep", *args], cwd=cwd, env=env,
+                                         stdout=out, stderr=err, start_new_session=True)
+        self.t0 = time.monotonic()
+
+    @property
+    def stdout(self) -> str:
+        return self.out_path.read_text(errors="replace")
+
+    @property
+    def stderr(self) -> str:
+        return self.err_path.read_text(errors="replace")
+
+    def describe(self) -> str:
+        return (f"{self.name}: exit {self.proc.poll()}\n--- stdout\n{self.stdout[-3000:]}\n"
+                f"--- stderr\n{self.stderr[-3000:]}")
+
+    def wait(self, timeout: float = 300) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill_group()
+            raise AssertionError(f"ran over {timeout:.0f} s\n{self.describe()}") from None
+
+    def wait_until(self, what: str, ready: Callable[[], bool], timeout: float = 240) -> None:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the driver ended before {what}\n{self.describe()}")
+            if time.monotonic() > deadline:
+                self.kill_group()
+                raise AssertionError(f"no {what} within {timeout:.0f} s\n{self.describe()}")
+            time.sleep(0.05)
+
+    def kill_group(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@dataclass
+class Scenario:
+    """One sweep folder and what happened to it."""
+
+    cwd: Path
+    ray_tmp: Path
+    spare_tmp: Path  # an empty RAY_TMPDIR for a run that must not start Ray
+    env: dict[str, str]
+    sweep_file: Path
+    runs: dict[str, Driver] = field(default_factory=dict)
+    facts: dict[str, Any] = field(default_factory=dict)
+    stopped: threading.Event = field(default_factory=threading.Event)  # set at teardown: start nothing more
+
+    @property
+    def out(self) -> Path:
+        return self.cwd / "out"
+
+    @property
+    def pid_dir(self) -> Path:
+        return self.cwd / "pids"
+
+    def start(self, name: str, *args: str) -> Driver:
+        if self.stopped.is_set():
+            raise RuntimeError("the test module is tearing down")
+        self.runs[name] = Driver(self.cwd, self.env, self.sweep_file.name, *args, name=name)
+        return self.runs[name]
+
+    def starts(self, trial: str) -> list[tuple[int, int]]:
+        """(pid, iteration it started from) of every start of `trial` so far."""
+        path = self.pid_dir / f"{trial}.starts"
+        if not path.exists():
+            return []
+        return [tuple(map(int, line.split())) for line in path.read_text().splitlines() if line.strip()]
+
+    def checkpoint_written(self, trial: str, n: int) -> Callable[[], bool]:
+        index = int(trial[1:])
+        pattern = str(self.out / "tune" / f"*_{index:05d}_*" / f"checkpoint_{n:06d}" / "report.json")
+        return lambda: bool(glob.glob(pattern))
+
+    def newest_checkpoint(self, trial: str) -> int:
+        """The iteration of the newest complete checkpoint of `trial` on disk (0 if none), by the trainable's
+        rule: checkpoint.npz loads and report.json names the same iteration."""
+        from rnncore import checkpoint as ckpt
+
+        best = 0
+        for folder in glob.glob(str(self.out / "tune" / f"*_{int(trial[1:]):05d}_*" / "checkpoint_*")):
+            try:
+                it = ckpt.load(os.path.join(folder, "checkpoint.npz")).state.iteration
+                if json.loads(Path(folder, "report.json").read_text())["iteration"] == it:
+                    best = max(best, it)
+            except (OSError, ValueError, KeyError):
+                continue
+        return best
+
+    def trials(self) -> pd.DataFrame:
+        return pd.read_parquet(self.out / "trials.parquet").sort_values("trial_id", ignore_index=True)
+
+    def history(self) -> pd.DataFrame:
+        return pd.read_parquet(self.out / "history.parquet").sort_values(["trial_id", "iteration"],
+                                                                         ignore_index=True)
+
+    def mlflow(self, db: str = "mlflow.db") -> tuple[Any, list, dict[str, Any]]:
+        """(client, parent runs, {trial_id: child run}); fails if two children share a trial."""
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=f"sqlite:///{self.cwd / db}")
+        exp = client.get_experiment_by_name(FAULT["name"])
+        runs = client.search_runs([exp.experiment_id], max_results=1000)
+        parents = [r for r in runs if PARENT_TAG not in r.data.tags]
+        children = [r for r in runs if PARENT_TAG in r.data.tags]
+        by_trial = {r.data.tags["trial_id"]: r for r in children}
+        assert len(by_trial) == len(children), sorted(r.data.tags["trial_id"] for r in children)
+        return client, parents, by_trial
+
+    def cleanup(self) -> None:
+        self.stopped.set()
+        for run in self.runs.values():
+            if run.proc.poll() is None:
+                run.kill_group()
+        kill_run_processes(self.ray_tmp, self.cwd)
+
+
+def new_scenario(folder: Path, short_tmp, cli_env) -> Scenario:
+    sweep_file = write_sweep(folder, FAULT, corpus())
+    (folder / "pids").mkdir()
+    ray_tmp = short_tmp()
+    env = cli_env(ray_tmp=ray_tmp, **{PIDFILE_ENV: str(folder / "pids")})
+    return Scenario(cwd=folder, ray_tmp=ray_tmp, spare_tmp=short_tmp(), env=env, sweep_file=sweep_file)
+
+
+# ---------------------------------------------------------------------------------------------- scenarios
+
+
+def clean(s: Scenario) -> Scenario:
+    """The reference: the same sweep file, uninterrupted."""
+    run = s.start("clean")
+    s.facts["rc"] = run.wait()
+    return s
+
+
+def worker_kill(s: Scenario) -> Scenario:
+    run = s.start("run")
+    run.wait_until("t0001's second checkpoint", s.checkpoint_written("t0001", 1))
+    pid, _ = s.starts("t0001")[-1]
+    os.kill(pid, signal.SIGKILL)
+    s.facts["killed_pid"] = pid
+    s.facts["rc"] = run.wait()
+    return s
+
+
+def driver_kill(s: Scenario, sig: signal.Signals) -> Scenario:
+    run = s.start("run")
+    run.wait_until("t0002's second checkpoint", s.checkpoint_written("t0002", 1))
+    t_kill = time.monotonic()
+    if sig == signal.SIGINT:
+        os.killpg(run.proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole foreground group
+    else:
+        os.kill(run.proc.pid, signal.SIGKILL)  # the driver alone: Ray's processes are orphaned
+    s.facts["rc"] = run.wait(timeout=120)
+    s.facts["stop_s"] = time.monotonic() - t_kill
+    s.facts["orphans"] = kill_run_processes(s.ray_tmp, s.cwd)  # before looking at checkpoints: none may follow
+    s.facts["starts_before"] = {t: s.starts(t) for t in TRIALS}
+    s.facts["newest_t0002"] = s.newest_checkpoint("t0002")
+    s.facts["trials_before"] = s.trials() if (s.out / "trials.parquet").exists() else None
+    for f in s.cwd.glob("mlflow.db*"):  # the MLflow store as the kill left it (with any SQLite journal)
+        shutil.copyfile(f, s.cwd / f.name.replace("mlflow.db", "mlflow-at-kill.db"))
+    if sig == signal.SIGKILL:
+        # running the file again without --resume must refuse, touching nothing and starting no Ray
+        before = sorted(str(p) for p in s.out.rglob("*"))
+        proc = subprocess.run([sys.executable, "-m", "pipeline.sweep", s.sweep_file.name], cwd=s.cwd,
+                              env={**s.env, "RAY_TMPDIR": str(s.spare_tmp)}, capture_output=True, text=True,
+                              timeout=120)
+        s.facts["no_resume"] = (proc, before == sorted(str(p) for p in s.out.rglob("*")),
+                                list(s.spare_tmp.iterdir()))
+    resumed = s.start("resume", "--resume")
+    s.facts["resume_rc"] = resumed.wait()
+    return s
+
+
+@pytest.fixture(scope="module")
+def scenarios(tmp_path_factory, short_tmp, cli_env) -> Iterator[dict[str, Future]]:
+    """Every Ray scenario of this module, started at once, two at a time, in background threads."""
+    made: dict[str, Scenario] = {}
+
+    def make(name: str) -> Scenario:
+        made[name] = new_scenario(tmp_path_factory.mktemp(name), short_tmp, cli_env)
+        return made[name]
+
+    pool = ThreadPoolExecutor(max_workers=2)
+    futures = {
+        "clean": pool.submit(clean, make("clean")),
+        "worker": pool.submit(worker_kill, make("worker")),
+        "sigint": pool.submit(driver_kill, make("sigint"), signal.SIGINT),
+        "sigkill": pool.submit(driver_kill, make("sigkill"), signal.SIGKILL),
+    }
+    try:
+        yield futures
+    finally:
+        for s in made.values():  # stop whatever still runs (a failed test), then wait for the threads
+            s.cleanup()
+        pool.shutdown(wait=True, cancel_futures=True)
+        for s in made.values():
+            s.cleanup()
+
+
+def result(futures: dict[str, Future], name: str) -> Scenario:
+    return futures[name].result(timeout=900)
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+
+def assert_same_results(s: Scenario, ref: Scenario) -> None:
+    """Tables equal to the uninterrupted sweep's: same rows, same statuses, the same numbers bit for bit."""
+    t, r = s.trials(), ref.trials()
+    assert list(t["trial_id"]) == list(r["trial_id"]) == TRIALS
+    assert dict(zip(t["trial_id"], t["status"])) == FINAL_STATUS
+    for col in ("learning_rate", "seed", "iterations", "train_loss", "val_loss", "val_bpc", "best_val_loss",
+                "sample", "error"):
+        pd.testing.assert_series_equal(t[col], r[col], check_exact=True, obj=col)
+    h, hr = s.history(), ref.history()
+    assert list(zip(h["trial_id"], h["iteration"])) == list(zip(hr["trial_id"], hr["iteration"]))
+    for col in ("train_loss", "val_loss", "val_bpc"):
+        pd.testing.assert_series_equal(h[col], hr[col], check_exact=True, obj=col)
+    assert not (s.out / ".history.jsonl").exists()  # the journal is emptied by the final write
+
+
+def assert_mlflow_complete(s: Scenario) -> None:
+    """One parent, FINISHED; one child per trial, in its final state, none RUNNING; every metric once per step,
+    with the history's values."""
+    client, parents, children = s.mlflow()
+    assert len(parents) == 1, [p.info.run_name for p in parents]
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert sorted(children) == TRIALS
+    t, h = s.trials().set_index("trial_id"), s.history()
+    for tid, run in children.items():
+        assert run.data.tags[PARENT_TAG] == parent.info.run_id
+        assert run.info.run_id == t.loc[tid, "mlflow_run_id"]
+        assert run.info.status == MLFLOW_STATUS[FINAL_STATUS[tid]], (tid, run.info.status)
+        assert run.data.tags["status"] == FINAL_STATUS[tid]
+        rows = h[h["trial_id"] == tid]
+        for key in METRICS:
+            hist = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
+            steps = [m.step for m in hist]
+            assert len(steps) == len(set(steps)), (tid, key, steps)  # a repeated report was not logged twice
+            want = rows[rows[key].notna()]
+            assert steps == list(want["iteration"]), (tid, key)
+            assert [m.value for m in hist] == list(want[key]), (tid, key)
+
+
+# ------------------------------------------------------------------------------------ 1. worker killed
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_trial_restarts_from_its_checkpoint(scenarios) -> None:
+    ref, s = result(scenarios, "clean"), result(scenarios, "worker")
+    assert ref.facts["rc"] == 0, ref.runs["clean"].describe()
+    assert s.facts["rc"] == 0, s.runs["run"].describe()
+    starts = s.starts("t0001")
+    assert len(starts) == 2, starts
+    (pid1, it1), (pid2, it2) = starts
+    assert pid1 == s.facts["killed_pid"] and pid2 != pid1
+    assert it1 == 0 and it2 >= EVAL_EVERY and it2 % EVAL_EVERY == 0, starts  # from a checkpoint, not from scratch
+    assert "t0001: worker failed" in s.runs["run"].stdout and "restarting it from its newest checkpoint" in \
+        s.runs["run"].stdout
+    for tid in ("t0002", "t0003"):
+        assert [it for _, it in s.starts(tid)] == [0]
+    assert_same_results(s, ref)
+    assert_mlflow_complete(s)  # the same child run went on: one per trial, metrics once per step
+
+
+# ------------------------------------------------------------------------------------ 2. driver killed
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_sweep_within_seconds_and_says_how_to_resume(scenarios) -> None:
+    s, ref = result(scenarios, "sigint"), result(scenarios, "clean")
+    run = s.runs["run"]
+    print(f"\nSIGINT -> driver exit: {s.facts['stop_s']:.1f} s")
+    assert s.facts["rc"] == 130, run.describe()
+    assert s.facts["stop_s"] < 30, run.describe()  # a few seconds on an idle machine
+    assert f"python -m pipeline.sweep {s.sweep_file} --resume" in run.stderr, run.describe()
+    assert s.facts["orphans"] == [], "Ray processes outlived a Ctrl-C'd driver"
+
+    # the tables hold what finished, and the interrupted trial's newest report
+    t = s.facts["trials_before"].set_index("trial_id")
+    assert dict(t["status"]) == {"t0000": "diverged", "t0001": "finished", "t0002": "interrupted"}
+    assert t.loc["t0001", "val_loss"] == ref.trials().set_index("trial_id").loc["t0001", "val_loss"]
+    assert 0 < t.loc["t0002", "iterations"] < ITERATIONS
+    # MLflow: the open runs were marked KILLED, nothing is left RUNNING
+    _, parents, children = s.mlflow("mlflow-at-kill.db")
+    assert [p.info.status for p in parents] == ["KILLED"]
+    assert {tid: r.info.status for tid, r in children.items()} == {"t0000": "FAILED", "t0001": "FINISHED",
+                                                                  "t0002": "KILLED"}
+    assert children["t0002"].data.tags["status"] == "interrupted"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["sigint", "sigkill"])
+def test_resume_after_the_driver_was_killed_finishes_the_sweep(scenarios, how: str) -> None:
+    s, ref = result(scenarios, how), result(scenarios, "clean")
+    assert ref.facts["rc"] == 0, ref.runs["clean"].describe()
+    assert s.facts["rc"] == (130 if how == "sigint" else -signal.SIGKILL), s.runs["run"].describe()
+    assert s.facts["resume_rc"] == 0, s.runs["resume"].describe()
+    before = s.facts["starts_before"]
+    assert [it for _, it in before["t0002"]] == [0] and before["t0003"] == []  # the kill hit t0002 mid-trial
+
+    # diverged and finished trials are not trained again: Tune knows they ended, or (its state saved before
+    # that) they restart at their last iteration and only send their final report once more
+    final = ref.trials().set_index("trial_id")["iterations"]
+    for tid in ("t0000", "t0001"):
+        again = s.starts(tid)[len(before[tid]):]
+        assert all(it == final[tid] for _, it in again), (tid, again)
+        if how == "sigint":  # a graceful stop saves Tune's state: they are not even started
+            assert again == [], (tid, again)
+    # the interrupted one continues from its newest checkpoint on disk, the pending one starts
+    again = s.starts("t0002")[len(before["t0002"]):]
+    assert [it for _, it in again] == [s.facts["newest_t0002"]] and s.facts["newest_t0002"] >= EVAL_EVERY, again
+    assert [it for _, it in s.starts("t0003")] == [0]
+
+    assert_same_results(s, ref)
+    assert_mlflow_complete(s)  # runs re-attached by trial id, the parent by sweep id: no duplicates
+
+
+@pytest.mark.slow
+def test_after_a_sigkill_rerunning_without_resume_refuses_and_names_both_choices(scenarios) -> None:
+    s = result(scenarios, "sigkill")
+    print(f"\nSIGKILL of the driver left {len(s.facts['orphans'])} Ray process(es) of its run; killed by PID")
+    proc, untouched, ray_files = s.facts["no_resume"]
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error:") and proc.stderr.count("error:") == 1, proc.stderr
+    assert "--resume" in proc.stderr and "new folder" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert untouched and ray_files == []
+    # what a SIGKILL leaves is readable: the tables as of the last trial that ended
+    t = s.facts["trials_before"].set_index("trial_id")
+    assert {"t0000", "t0001"} <= set(t.index) and t.loc["t0001", "status"] == "finished"
+
+
+# ------------------------------------------------------------------------------------ 4. atomic tables
+
+
+WRITER = r"""
+import sys, pyarrow as pa
+from pathlib import Path
+from pipeline.results import _write_atomic
+path, rows = Path(sys.argv[1]), int(sys.argv[2])
+version = 0
+while True:
+    version += 1
+    n = rows + version % 7 * 1000  # each version has its own length and contents
+    table = pa.table({"version": pa.array([version] * n, pa.int64()),
+                      "x": pa.array(range(version, version + n), pa.int64()),
+                      "s": pa.array([f"row {i} of version {version}" for i in range(n)])})
+    _write_atomic(table.replace_schema_metadata({"version": str(version), "rows": str(n)}), path)
+    print(version, flush=True)
+"""
+
+
+def test_a_killed_table_writer_never_leaves_a_torn_parquet_file(tmp_path: Path, cli_env) -> None:
+    """SIGKILL a process that rewrites a large table in a loop, at random moments: the file always reads back
+    whole, and is exactly one version that was written (the newest completed one, or the one being written)."""
+    path = tmp_path / "trials.parquet"
+    rng = random.Random(0)
+    torn_moments = 0
+    for attempt in range(6):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), "200000"], cwd=tmp_path, env=cli_env(),
+                                stdout=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            first = proc.stdout.readline().strip()
+            assert first, "the writer wrote nothing"  # at least one version is complete
+            time.sleep(rng.uniform(0.0, 0.6))
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+            finished = [int(first)] + [int(v) for v in proc.stdout.read().split()]
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.stdout.close()
+        leftovers = list(tmp_path.glob(".trials.parquet.*.tmp"))
+        torn_moments += bool(leftovers)  # killed mid-write: the half-written temp file is all that is torn
+        table = pq.read_table(path)  # raises on a truncated file
+        meta = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
+        version, rows = int(meta["version"]), int(meta["rows"])
+        assert version in (finished[-1], finished[-1] + 1)  # the newest complete write, or the one under way
+        assert table.num_rows == rows == 200000 + version % 7 * 1000
+        assert table.column("version").to_pylist() == [version] * rows
+        assert table.column("x").to_pylist() == list(range(version, version + rows))
+        for leftover in leftovers:
+            leftover.unlink()
+    assert torn_moments >= 1, "no kill landed during a write; the test proved nothing"
+
+
+def test_reports_survive_a_driver_kill_through_the_journal(tmp_path: Path) -> None:
+    """The tables are rewritten when a trial ends; a report that arrives in between is in the journal, so a
+    resumed driver has it. A repeated report (same trial, same iteration) is recorded once."""
+    from pipeline.results import ResultsTable
+
+    row = lambda it: {"iteration": it, "train_loss": 3.0 - it / 100, "val_loss": 3.1 - it / 100,  # noqa: E731
+                      "val_bpc": 4.0, "chars_per_sec": 1e5 + it, "elapsed_s": it / 10}
+    first = ResultsTable(tmp_path, sweep_text="name: x\n")
+    assert first.add_report("t0000", row(10)) and first.add_report("t0000", row(20))
+    first.set_trial("t0000", {"status": "running"})
+    first.write()
+    assert not first.journal_path.exists()
+    assert first.add_report("t0000", row(30)) and first.add_report("t0001", row(10))
+    assert not first.add_report("t0000", {**row(30), "chars_per_sec": 1.0})  # a repeat: the first one stays
+    with open(first.journal_path, "a") as f:
+        f.write('{"trial_id": "t0001", "itera')  # the kill cut this line short
+    (tmp_path / ".history.parquet.abc.tmp").write_bytes(b"PAR1 half a table")  # and that write
+    del first  # SIGKILL: nothing more is written
+
+    second = ResultsTable(tmp_path, sweep_text="name: x\n")
+    second.load_existing()
+    assert sorted(second.history) == [("t0000", 10), ("t0000", 20), ("t0000", 30), ("t0001", 10)]
+    assert second.history[("t0000", 30)]["chars_per_sec"] == row(30)["chars_per_sec"]
+    assert second.trials["t0000"]["status"] == "running"
+    assert not (tmp_path / ".history.parquet.abc.tmp").exists()
+    assert not second.add_report("t0000", row(30)) and second.add_report("t0000", row(40))
+    second.write()
+    h = pq.read_table(second.history_path).to_pandas()
+    assert list(zip(h["trial_id"], h["iteration"])) == [("t0000", 10), ("t0000", 20), ("t0000", 30),
+                                                        ("t0000", 40), ("t0001", 10)]
+
+
+@pytest.mark.slow  # builds an MLflow store
+def test_a_new_driver_reattaches_the_parent_and_child_runs_and_skips_logged_steps(tmp_path: Path) -> None:
+    """Child runs carry the sweep tag too, and start after the parent: the parent is the tagged run without a
+    parent of its own. A step MLflow already has is not logged again, by this driver or the next."""
+    from pipeline.tracking import Tracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    one = Tracker(uri=uri, experiment="reattach", sweep_id="s1")
+    parent = one.start_sweep(name="reattach", params={"seed": 0}, sweep_text="name: reattach\n", resume=False)
+    a = one.trial_run(trial_id="t0000", name="t0000-a", params={"h": 8})
+    b = one.trial_run(trial_id="t0001", name="t0001-b", params={"h": 16})
+    assert one.log_metrics(a, {"val_loss": 3.0, "train_loss": 3.1}, step=100)
+    assert one.log_metrics(a, {"val_loss": 2.5, "train_loss": 2.6}, step=200)
+    assert not one.log_metrics(a, {"val_loss": 9.9, "train_loss": 9.9}, step=200)  # restarted worker's repeat
+    assert one.trial_run(trial_id="t0000", name="t0000-a", params={"h": 8}) == a  # a retry in this driver
+
+    two = Tracker(uri=uri, experiment="reattach", sweep_id="s1")  # the driver after a kill, with --resume
+    assert two.start_sweep(name="reattach", params={"seed": 0}, sweep_text="", resume=True) == parent
+    assert two.trial_run(trial_id="t0000", name="t0000-a", params={"h": 8}) == a
+    assert two.trial_run(trial_id="t0001", name="t0001-b", params={"h": 16}) == b
+    assert not two.log_metrics(a, {"val_loss": 9.9, "train_loss": 9.9}, step=200)
+    assert two.log_metrics(a, {"val_loss": 2.0, "train_loss": 2.1}, step=300)
+    c = two.trial_run(trial_id="t0002", name="t0002-c", params={"h": 32})
+    two.end_run(a, "FINISHED", {"status": "finished", "note": "x" * 3000})
+    for run in (b, c):
+        two.end_run(run, "KILLED", {"status": "interrupted"})
+    two.finish_sweep(status="FINISHED", best=None, files=[])
+
+    client = two.client
+    runs = client.search_runs([two.experiment_id], max_results=100)
+    assert sorted(r.info.run_id for r in runs) == sorted([parent, a, b, c])
+    assert all(r.info.status != "RUNNING" for r in runs)
+    hist = sorted(client.get_metric_history(a, "val_loss"), key=lambda m: m.step)
+    assert [(m.step, m.value) for m in hist] == [(100, 3.0), (200, 2.5), (300, 2.0)]
+    assert client.get_run(a).data.tags["note"] == "x" * 3000
+
+
+# ------------------------------------------------------------------------------------ 5. hostile input
+
+
+BAD_BASE: dict[str, Any] = {**FAULT, "name": "bad", "train": {**FAULT["train"], "iterations": 50, "eval_every": 25,
+                                                              "sample_every": 0, "learning_rate": 0.1}}
+
+
+def _bad(**changes: Any) -> Callable[[dict], dict | str]:
+    def apply(sweep: dict) -> dict:
+        for dotted, value in changes.items():
+            *parents, last = dotted.split("__")
+            node = sweep
+            for p in parents:
+                node = node[p]
+            node[last] = value
+        return sweep
+    return apply
+
+
+def _read_only_output(folder: Path) -> None:
+    (folder / "ro").mkdir()
+    (folder / "ro").chmod(stat.S_IRUSR | stat.S_IXUSR)
+
+
+# id, the sweep file (a change to BAD_BASE, or raw text), corpus bytes, setup, extra CLI args, words in stderr
+HOSTILE = [
+    pytest.param("name: bad\ntrain:\n  hidden_size: 8\n   seq_length: 16\n", None, None, [],
+                 ["invalid YAML at line 4, column 14"], id="yaml-syntax-error"),
+    pytest.param("- name: bad\n- output: out\n", None, None, [], ["(top level): must be a mapping", "list"],
+                 id="not-a-mapping"),
+    pytest.param(_bad(train__seq_length={"choice": []}), None, None, [],
+                 ["train.seq_length.choice", "at least one value"], id="empty-choice"),
+    pytest.param(_bad(train__hidden_size={"grid_search": []}), None, None, [],
+                 ["train.hidden_size.grid_search"], id="empty-grid"),
+    pytest.param(_bad(num_samples=0), None, None, [], ["num_samples: must be >= 1"], id="num-samples-0"),
+    pytest.param(_bad(), b"", None, [], ["data.path", "empty"], id="corpus-empty"),
+    pytest.param(_bad(), b"abc" * 500 + b"\xff\xfe" + b"abc" * 500, None, [], ["data.path", "UTF-8", "0xff"],
+                 id="corpus-not-utf8"),
+    pytest.param(_bad(), b"First Citizen: speak.\n" * 2, None, [], ["train.seq_length", "training split"],
+                 id="corpus-shorter-than-a-sequence"),
+    pytest.param(_bad(), None, None, ["--resume"], ["--resume", "no sweep to resume"], id="resume-without-a-sweep"),
+    pytest.param(_bad(output="ro/sweep"), None, _read_only_output, [], ["output", "not writable"],
+                 id="unwritable-output"),
+    pytest.param("name: !!python/object/apply:os.system ['touch PWNED']\ndata: {path: corpus.txt}\n", None, None,
+                 [], ["python/object/apply:os.system", "line 1"], id="python-tag-is-not-code"),
+]
+
+
+@pytest.mark.parametrize("sweep, corpus_bytes, setup, args, words", HOSTILE)
+def test_hostile_sweep_input_exits_2_with_one_message_and_touches_nothing(
+        sweep, corpus_bytes, setup, args: list[str], words: list[str], tmp_path: Path, run_module, cli_env,
+        fresh_ray_tmpdir, snapshot, proc_text) -> None:
+    if setup:
+        setup(tmp_path)
+    if setup is _read_only_output and os.access(tmp_path / "ro", os.W_OK):
+        pytest.skip("chmod does not stop this user from writing (running as root); tests/test_config.py checks "
+                    "the same rule with os.access patched")
+    text = sweep if isinstance(sweep, str) else yaml.safe_dump(sweep(copy.deepcopy(BAD_BASE)), sort_keys=False)
+    (tmp_path / "sweep.yaml").write_text(text, encoding="utf-8")
+    data = corpus_bytes if corpus_bytes is not None else corpus(5000).encode()
+    (tmp_path / "corpus.txt").write_bytes(data)
+    before = snapshot(tmp_path)
+    proc = run_module("pipeline.sweep", "sweep.yaml", *args, cwd=tmp_path, env=cli_env(ray_tmp=fresh_ray_tmpdir),
+                      timeout=120)
+    assert proc.returncode == 2, proc_text(proc)
+    assert proc.stderr.startswith("error:") and proc.stderr.count("error:") == 1, proc_text(proc)
+    assert "Traceback" not in proc.stderr and proc.stdout == "", proc_text(proc)
+    for word in words:
+        assert word in proc.stderr, proc_text(proc)
+    assert snapshot(tmp_path) == before  # no output folder, no mlflow.db, no mlruns
+    assert list(fresh_ray_tmpdir.iterdir()) == []  # Ray never started
+    assert not (tmp_path / "PWNED").exists()  # no value of the file ran as code
+
+
+def _evil_pickle(marker: Path) -> bytes:
+    """A pickle that runs `touch marker` when unpickled."""
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    return pickle.dumps(Evil())
+
+
+def _bad_checkpoints(folder: Path) -> dict[str, Path]:
+    import numpy as np
+
+    files = {"text": folder / "text.npz", "pickle": folder / "pickle.npz", "object-array": folder / "object.npz",
+             "no-weights": folder / "empty.npz"}
+    files["text"].write_text("this is not a checkpoint\n")
+    files["pickle"].write_bytes(_evil_pickle(folder / "PWNED"))
+    np.savez(files["object-array"], Wxh=np.array([{"a": 1}, None], dtype=object))
+    np.savez(files["no-weights"], x=np.zeros(3))
+    return files
+
+
+@pytest.mark.parametrize("kind", ["text", "pickle", "object-array", "no-weights"])
+def test_rnncore_sample_refuses_a_file_that_is_not_a_checkpoint(kind: str, tmp_path: Path, run_module,
+                                                                proc_text) -> None:
+    path = _bad_checkpoints(tmp_path)[kind]
+    proc = run_module("rnncore.sample", path, "--length", "5", cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc_text(proc)
+    assert proc.stderr.startswith("error:") and str(path) in proc.stderr, proc_text(proc)
+    assert "rnncore checkpoint" in proc.stderr or "lacks" in proc.stderr, proc_text(proc)
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert not (tmp_path / "PWNED").exists()  # loaded with allow_pickle=False: nothing was unpickled
+
+
+@pytest.mark.slow  # builds an MLflow store
+def test_pipeline_sample_refuses_a_logged_checkpoint_that_is_not_one(tmp_path: Path, run_module, cli_env,
+                                                                     proc_text) -> None:
+    """A trial whose logged model/checkpoint.npz is a malicious pickle: clear error, nothing unpickled."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.results import ResultsTable
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment("bad", artifact_location=str(tmp_path / "mlruns"))
+    run = client.create_run(exp).info.run_id
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "checkpoint.npz").write_bytes(_evil_pickle(tmp_path / "PWNED"))
+    client.log_artifact(run, str(tmp_path / "model" / "checkpoint.npz"), "model")
+    client.set_terminated(run)
+    table = ResultsTable(tmp_path / "out", sweep_text=yaml.safe_dump({**FAULT, "name": "bad"}))
+    table.set_trial("t0000", {"status": "finished", "mlflow_run_id": run, "val_loss": 2.0, "val_bpc": 2.9,
+                              "iterations": 10, "target_iterations": 10})
+    table.write()
+    proc = run_module("pipeline.sample", "out", "--trial", "t0000", "--tracking-uri", uri, cwd=tmp_path,
+                      env=cli_env(), timeout=120)
+    assert proc.returncode == 2, proc_text(proc)
+    assert proc.stderr.startswith("error:") and "t0000" in proc.stderr and "not an rnncore checkpoint" in \
+        proc.stderr, proc_text(proc)
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    assert not (tmp_path / "PWNED").exists()
+
+
+# ------------------------------------------------------------------------------------ 6. load
+
+
+LOAD: dict[str, Any] = {
+    "name": "load",
+    "data": {"path": "corpus.txt", "val_fraction": 0.1},
+    "train": {"hidden_size": 8, "learning_rate": {"loguniform": [0.01, 0.1]}, "seq_length": 8, "batch_size": 2,
+              "dtype": "float32", "iterations": 20, "eval_every": 10, "sample_every": 0, "sample_length": 10},
+    "num_samples": 200,
+    "seed": 1,
+    "metric": "val_loss",
+    "mode": "min",
+    "scheduler": {"type": "fifo"},
+    "max_concurrent_trials": 2,
+    "output": "out",
+}
+
+
+def _status_kb(pid: int, key: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+@pytest.mark.slow
+def test_200_short_trials_complete_with_flat_driver_memory(tmp_path: Path, cli_env, short_tmp) -> None:
+    write_sweep(tmp_path, LOAD, corpus(5000))
+    ray_tmp = short_tmp()
+    t0 = time.monotonic()
+    with open(tmp_path / "driver.err", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.sweep", "sweep.yaml"], cwd=tmp_path,
+                                env=cli_env(ray_tmp=ray_tmp), stdout=subprocess.PIPE, stderr=err, text=True,
+                                start_new_session=True)
+    peak, rss, done = [0], {}, re.compile(r"\]\s+(\d+)/200 done")
+
+    def sample_peak() -> None:  # VmHWM: the driver's own peak resident set, read until it exits
+        while proc.poll() is None:
+            peak[0] = max(peak[0], _status_kb(proc.pid, "VmHWM"))
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample_peak, daemon=True)
+    sampler.start()
+    out = []
+    try:
+        for line in proc.stdout:
+            out.append(line)
+            m = done.search(line)
+            if m and int(m.group(1)) >= 100 and 100 not in rss:
+                rss[100] = _status_kb(proc.pid, "VmRSS")
+            if m and int(m.group(1)) == 200:
+                rss[200] = _status_kb(proc.pid, "VmRSS")
+        rc = proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        kill_run_processes(ray_tmp, tmp_path)
+    sampler.join(timeout=5)
+    wall = time.monotonic() - t0
+    text = "".join(out)
+    assert rc == 0, f"exit {rc}\n{text[-3000:]}\n{(tmp_path / 'driver.err').read_text()[-3000:]}"
+    print(f"\n200 trials: {wall:.0f} s; driver peak RSS (VmHWM) {peak[0] / 1024:.0f} MB; RSS after 100 trials "
+          f"{rss.get(100, 0) / 1024:.0f} MB, after 200 {rss.get(200, 0) / 1024:.0f} MB")
+
+    t = pd.read_parquet(tmp_path / "out" / "trials.parquet")
+    assert len(t) == 200 == t["trial_id"].nunique() and (t["status"] == "finished").all()
+    h = pd.read_parquet(tmp_path / "out" / "history.parquet")
+    assert len(h) == 400 and not h.duplicated(["trial_id", "iteration"]).any()
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("load").experiment_id], max_results=1000)
+    children = [r for r in runs if PARENT_TAG in r.data.tags]
+    assert len(runs) == 201 and len(children) == 200
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert set(t["mlflow_run_id"]) == {r.info.run_id for r in children}
+
+    assert 0 < peak[0] < 1.5 * 1024 * 1024, f"driver peak RSS {peak[0] / 1024:.0f} MB"
+    assert rss[100] > 0 and rss[200] - rss[100] < 100 * 1024, rss  # flat: the second 100 trials add < 100 MB
