@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,9 @@ class SweepCallback(tune.Callback):
 
     def __init__(self, *, cfg: SweepConfig, tracker, table):
         self.cfg, self.tracker, self.table = cfg, tracker, table
-        self.runs: dict[str, str] = {}  # Tune trial id -> MLflow run id
+        self.runs: dict[str, str] = {}  # Tune trial id (or packed member id) -> MLflow run id
+        self.packs: dict[int, tuple[dict, int]] = {}  # packed sweeps: trial index -> (its config, its pack)
+        self.members: dict[int, _Member] = {}  # packed trials seen so far
         self.t0 = time.monotonic()
         self.last_print = 0.0
 
@@ -66,9 +70,20 @@ class SweepCallback(tune.Callback):
 
     # Tune hooks ----------------------------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._run(trial)
+        if not self._is_pack(trial):
+            self._run(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if self._is_pack(trial):
+            for m in result["members"]:
+                member = self._member(m["trial_index"])
+                member.last_result = {**m, "node": result.get("node"), "target_iterations": result["target_iterations"]}
+                self._record(member, member.last_result)
+        else:
+            self._record(trial, result)
+        self._progress(trials)
+
+    def _record(self, trial, result) -> None:
         """A report repeated after a restart or a resume (the trial went on from an older checkpoint) is
         recorded once: MLflow skips steps it already has, the history keeps the first row per iteration.
         MLflow first, then the journal: a kill in between leaves a report in MLflow that the history
@@ -81,19 +96,24 @@ class SweepCallback(tune.Callback):
             self.tracker.log_text(run, result["sample"], f"samples/iter_{it:06d}.txt")
         self.table.add_report(key, {"iteration": it, **{k: _num(v) for k, v in metrics.items()},
                                     "elapsed_s": float(result.get("elapsed_s", 0.0))})
-        self._progress(trials)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         """The trial's worker failed and Tune restarts it from its newest checkpoint (FailureConfig)."""
-        key, _ = self._key(trial)
+        key = f"pack {trial.config['pack']}" if self._is_pack(trial) else self._key(trial)[0]
         done = int((trial.last_result or {}).get("iteration", 0))
         print(f"{key}: worker failed at iteration {done}; restarting it from its newest checkpoint "
               f"(failure {trial.num_failures} of max_failures {self.cfg.max_failures})", flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        if not self._is_pack(trial):
+            self._complete(trial, trial.last_result or {}, trial.checkpoint, None)
+            return
+        for member in self._pack_members(trial):
+            self._complete(member, member.last_result or {}, trial.checkpoint, member.index)
+
+    def _complete(self, trial, last, checkpoint, member_index) -> None:
         key, _ = self._key(trial)
         run = self._run(trial)
-        last = trial.last_result or {}
         done_its, target = int(last.get("iteration", 0)), int(last.get("target_iterations", 0))
         if last.get("diverged"):
             status, mlflow_status = "diverged", "FAILED"
@@ -104,27 +124,43 @@ class SweepCallback(tune.Callback):
                                                         f"(or the time budget) at iteration {done_its} of {target}"}
         else:
             status, mlflow_status, tags = "finished", "FINISHED", {"status": "finished"}
-        self._log_checkpoint(trial, run)
+        self._log_checkpoint(checkpoint, run, member_index)
         self._close(trial, key, run, status, mlflow_status, tags, last,
                     error=tags.get("error", ""))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        key, _ = self._key(trial)
-        run = self._run(trial)
         err = _error_text(trial)
-        self._close(trial, key, run, "failed", "FAILED", {"status": "failed", "error": err[-5000:]},
-                    trial.last_result or {}, error=err)
+        for t in (self._pack_members(trial) if self._is_pack(trial) else [trial]):
+            key, _ = self._key(t)
+            run = self._run(t)
+            self._close(t, key, run, "failed", "FAILED", {"status": "failed", "error": err[-5000:]},
+                        t.last_result or {}, error=err)
+
+    # packed trials -------------------------------------------------------------------------------
+    @staticmethod
+    def _is_pack(trial) -> bool:
+        return "pack" in trial.config
+
+    def _member(self, index: int) -> "_Member":
+        if index not in self.members:
+            self.members[index] = _Member(index, self.packs[index][0])
+        return self.members[index]
+
+    def _pack_members(self, trial) -> list["_Member"]:
+        return [self._member(i) for i, (_, p) in sorted(self.packs.items()) if p == trial.config["pack"]]
 
     # helpers -------------------------------------------------------------------------------------
-    def _log_checkpoint(self, trial, run: str) -> None:
-        from .trainable import CHECKPOINT_FILE
+    def _log_checkpoint(self, cp, run: str, member_index: int | None = None) -> None:
+        from .trainable import CHECKPOINT_FILE, member_file
 
-        cp = trial.checkpoint
         if cp is None:
             return
+        name = CHECKPOINT_FILE if member_index is None else member_file(member_index)
         with cp.as_directory() as d:
-            path = os.path.join(d, CHECKPOINT_FILE)
+            path = os.path.join(d, name)
             if os.path.exists(path):
+                if member_index is not None:  # logged under the name every trial's checkpoint has
+                    path = shutil.copy(path, os.path.join(tempfile.mkdtemp(), CHECKPOINT_FILE))
                 self.tracker.log_file(run, path, "model")
 
     def _close(self, trial, key, run, status, mlflow_status, tags, last, *, error: str) -> None:
@@ -138,7 +174,7 @@ class SweepCallback(tune.Callback):
             "train_loss": _num(last.get("train_loss")), "val_loss": _num(last.get("val_loss")),
             "val_bpc": _num(last.get("val_bpc")), "best_val_loss": min(vals) if vals else None,
             "chars_per_sec": sum(speeds) / len(speeds) if speeds else None,
-            "wall_s": float(last.get("time_total_s", 0.0)), "node": last.get("node"),
+            "wall_s": float(last.get("time_total_s", last.get("elapsed_s", 0.0))), "node": last.get("node"),
             "sample": last.get("sample") or None, "error": error or None})
         self.table.write()
         self._progress(None, force=True)
@@ -185,6 +221,15 @@ class SweepCallback(tune.Callback):
         extra = "".join(f", {count[s]} {s}" for s in ("stopped", "diverged", "failed") if count[s])
         print(f"[{now - self.t0:6.0f}s] {done}/{self.cfg.num_trials} done{extra} | {count['running']} running | "
               f"{pending} pending{best_txt}", flush=True)
+
+
+class _Member:
+    """A packed trial seen through the single-trial bookkeeping: same key, config, run and row."""
+
+    def __init__(self, index: int, config: dict[str, Any]):
+        self.index, self.config = index, config
+        self.trial_id = f"member_{index:05d}"  # trial_index() reads the suffix, as for Tune's ids
+        self.last_result: dict[str, Any] | None = None
 
 
 def _num(x) -> float | None:

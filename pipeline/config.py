@@ -499,6 +499,12 @@ class RayConfig(_Section):
     address: str | None = Field(None, min_length=1)
 
 
+class PackingConfig(_Section):
+    """``packing:`` train up to ``max_trials`` trials whose shapes agree as one batched computation."""
+
+    max_trials: int = Field(ge=1)
+
+
 # --------------------------------------------------------------------------- the sweep
 
 
@@ -521,6 +527,7 @@ class SweepConfig(_Section):
     max_failures: int = Field(2, ge=0)
     ray: Annotated[RayConfig, BeforeValidator(_empty_as_default)] = Field(default_factory=RayConfig)
     storage: Annotated[str | None, BeforeValidator(_storage)] = None
+    packing: PackingConfig | None = None
     source_path: Path | None = None
     source_text: str = Field("", repr=False)
 
@@ -544,6 +551,15 @@ class SweepConfig(_Section):
             if not any(key.startswith("train.iterations") for key, _ in problems):
                 data["scheduler"] = {**scheduler, "max_t": _value_range(train, "iterations")[1]}
         return data
+
+    @field_validator("packing")
+    @classmethod
+    def _check_packing(cls, value: PackingConfig | None, info: ValidationInfo) -> PackingConfig | None:
+        scheduler = info.data.get("scheduler")
+        if value is not None and scheduler is not None and not isinstance(scheduler, FifoScheduler):
+            raise ValueError("packed trials run with scheduler fifo (a pack trains its members together), "
+                             f"but got scheduler {scheduler.type}; set scheduler: fifo or remove packing")
+        return value
 
     @field_validator("name")
     @classmethod
@@ -656,6 +672,7 @@ _SECTIONS: dict[tuple[str, ...], tuple[str, ...]] = {
     ("resources",): tuple(Resources.model_fields),
     ("mlflow",): tuple(MlflowConfig.model_fields),
     ("ray",): tuple(RayConfig.model_fields),
+    ("packing",): tuple(PackingConfig.model_fields),
     **{("scheduler", t): tuple(m.model_fields) for t, m in _SCHEDULERS.items()},
 }
 _MISSING_FIX = {

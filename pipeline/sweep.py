@@ -78,17 +78,27 @@ def run_sweep(cfg: SweepConfig, *, address: str | None, resume: bool) -> int:
             table.load_existing()
         callback = SweepCallback(cfg=cfg, tracker=tracker, table=table)
         base = cfg.base_config().to_dict()
-        trainable = tune.with_resources(
-            tune.with_parameters(train_trial, corpus=corpus, base=base, sweep_seed=cfg.seed,
-                                 derive_seed="seed" not in cfg.train),
-            {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
-        print(f"sweep {cfg.name}: {cfg.num_trials} trials, {cfg.scheduler.type} scheduler, "
+        common = dict(corpus=corpus, base=base, sweep_seed=cfg.seed, derive_seed="seed" not in cfg.train)
+        packs = None
+        if cfg.packing:  # trials drawn up front and grouped: one Tune trial trains one pack
+            from .packing import expand_trials, make_packs
+            from .trainable import train_pack
+
+            trials = expand_trials(cfg)
+            packs = make_packs(trials, base, cfg.packing.max_trials)
+            callback.packs = {i: (trials[i], p) for p, members in enumerate(packs) for i in members}
+            fn = tune.with_parameters(train_pack, trials=trials, packs=packs, **common)
+        else:
+            fn = tune.with_parameters(train_trial, **common)
+        trainable = tune.with_resources(fn, {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
+        in_packs = f" in {len(packs)} packs" if packs else ""
+        print(f"sweep {cfg.name}: {cfg.num_trials} trials{in_packs}, {cfg.scheduler.type} scheduler, "
               f"MLflow experiment {cfg.mlflow.experiment!r} at {uri}", flush=True)
         run_config = _run_config(cfg, callback, tune_dir)
         if resume and tune.Tuner.can_restore(tune_dir):
             # Tune's own state: trial ids, configs, statuses, newest checkpoints; finished trials stay finished
             tuner = tune.Tuner.restore(tune_dir, trainable=trainable, resume_unfinished=True, resume_errored=True,
-                                       param_space=_param_space(cfg))
+                                       param_space=_param_space(cfg, packs))
             # A restored Tuner runs with the RunConfig pickled at its start (the callback of a driver that is
             # gone), and Tuner.restore takes no run_config (Ray 2.60): give it this driver's, same name and storage.
             local = getattr(tuner, "_local_tuner", None)
@@ -97,7 +107,7 @@ def run_sweep(cfg: SweepConfig, *, address: str | None, resume: bool) -> int:
                                  "rnnsweep does not support; pin the Ray version in pyproject.toml")
             local._run_config = run_config
         else:  # a fresh sweep, or one killed before Tune saved any state: start it (again)
-            tuner = tune.Tuner(trainable, param_space=_param_space(cfg), tune_config=_tune_config(cfg),
+            tuner = tune.Tuner(trainable, param_space=_param_space(cfg, packs), tune_config=_tune_config(cfg, packs),
                                run_config=run_config)
         try:
             tuner.fit()  # Ctrl-C: Tune stops the trials, saves its state and returns
@@ -179,11 +189,15 @@ def _check_resources(cfg: SweepConfig) -> None:
                              f"{have:g}; lower resources.{key.lower()} or add nodes that have {key}s")
 
 
-def _param_space(cfg: SweepConfig) -> dict[str, Any]:
+def _param_space(cfg: SweepConfig, packs: list | None = None) -> dict[str, Any]:
+    if packs is not None:
+        from ray import tune
+
+        return {"pack": tune.grid_search(list(range(len(packs))))}
     return {name: d.to_tune() for name, d in cfg.searched.items()}
 
 
-def _tune_config(cfg: SweepConfig):
+def _tune_config(cfg: SweepConfig, packs: list | None = None):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator
@@ -198,7 +212,8 @@ def _tune_config(cfg: SweepConfig):
     return tune.TuneConfig(metric=cfg.metric, mode=cfg.mode, scheduler=scheduler,
                            search_alg=BasicVariantGenerator(random_state=cfg.seed,
                                                             max_concurrent=cfg.max_concurrent_trials or 0),
-                           num_samples=cfg.num_samples, max_concurrent_trials=cfg.max_concurrent_trials,
+                           num_samples=1 if packs is not None else cfg.num_samples,
+                           max_concurrent_trials=cfg.max_concurrent_trials,
                            time_budget_s=cfg.time_budget_s, reuse_actors=True)
 
 

@@ -20,6 +20,7 @@ import shutil
 import tempfile
 from typing import Any
 
+import numpy as np
 import ray
 from ray import tune
 
@@ -174,3 +175,78 @@ def _note_start(index: int, iteration: int) -> None:
 def _finite(x: float | None) -> float:
     """Tune's schedulers compare metrics: a diverged value reports as +inf (the worst, in mode min)."""
     return math.inf if x is None or not math.isfinite(x) else float(x)
+
+
+PACK_FILE = "pack.json"
+
+
+def member_file(index: int) -> str:
+    return f"member_{index:04d}.npz"
+
+
+def train_pack(config: dict[str, Any], *, corpus: Corpus, base: dict[str, Any], sweep_seed: int, derive_seed: bool,
+               trials: list[dict[str, Any]], packs: list[list[int]]) -> None:
+    """One pack: the trials packs[config["pack"]] trained as one batched computation (PackedTrainer).
+
+    Every report carries one entry per member under "members" (the driver turns them into the members'
+    own MLflow runs and Parquet rows) and a checkpoint holding each member's rnncore checkpoint."""
+    import time
+
+    from rnncore.trainer import PackedTrainer
+
+    members = packs[config["pack"]]
+    cfgs = [train_config(base, trials[i], trial_seed(sweep_seed, i), derive_seed=derive_seed) for i in members]
+    states, meta = None, {}
+    restored = tune.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as d:
+            states = [ckpt.load(os.path.join(d, member_file(i))).state for i in members]
+            with open(os.path.join(d, PACK_FILE)) as f:
+                meta = json.load(f)
+    pt = PackedTrainer(cfgs, corpus, states)
+    for k, (active, diverged) in enumerate(zip(meta.get("active", []), meta.get("diverged", []))):
+        if not active:  # ended before the restart: keep it ended, as it was
+            pt.diverged[k] = diverged
+            pt.freeze(k)
+    c0, node, t_start = cfgs[0], ray.get_runtime_context().get_node_id(), time.perf_counter()
+    ended = {k for k in range(len(members)) if not pt.active[k]}
+    while pt.iteration < c0.iterations and pt.active.any():
+        it = pt.iteration
+        stops = [c0.iterations, (it // c0.eval_every + 1) * c0.eval_every]
+        if c0.sample_every:
+            stops.append((it // c0.sample_every + 1) * c0.sample_every)
+        t0 = time.perf_counter()
+        losses = pt.run(min(stops) - it)
+        dt = time.perf_counter() - t0
+        done = pt.iteration >= c0.iterations
+        val = pt.evaluate()
+        sample_due = done or (c0.sample_every and pt.iteration % c0.sample_every == 0)
+        out = []
+        for k, i in enumerate(members):
+            if k in ended:
+                continue
+            st, diverged = pt.member_state(k), bool(pt.diverged[k])
+            ran = int((~np.isnan(losses[:, k])).sum())
+            text = ""
+            if sample_due and not diverged:
+                text = Trainer(cfgs[k].replace(device="cpu"), corpus, st).sample()
+            v = None if diverged else float(val[k])
+            out.append({"trial_index": i, "config": trials[i], "iteration": st.iteration,
+                        "train_loss": _finite(st.smooth_loss), "val_loss": _finite(v),
+                        "val_bpc": _finite(v / math.log(2)) if v is not None else math.inf,
+                        "chars_per_sec": ran * c0.seq_length * c0.batch_size / max(dt, 1e-9),
+                        "elapsed_s": time.perf_counter() - t_start, "diverged": diverged, "sample": text,
+                        "trial_seed": cfgs[k].seed, "ended": diverged or done})
+            if diverged or done:
+                ended.add(k)
+        vals = [m["val_loss"] for m in out if not m["diverged"]]
+        metrics = {"iteration": pt.iteration, "val_loss": min(vals, default=math.inf),
+                   "val_bpc": min(vals, default=math.inf) / math.log(2),
+                   "train_loss": min((m["train_loss"] for m in out), default=math.inf),
+                   "members": out, "node": node, "target_iterations": c0.iterations}
+        with tempfile.TemporaryDirectory() as d:
+            for k, i in enumerate(members):
+                ckpt.save(os.path.join(d, member_file(i)), cfgs[k], corpus.vocab, pt.member_state(k))
+            with open(os.path.join(d, PACK_FILE), "w") as f:
+                json.dump({"active": pt.active.tolist(), "diverged": pt.diverged.tolist()}, f)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))

@@ -137,3 +137,52 @@ def test_device_gpu_without_cupy_is_a_clear_error(corpus):
         Trainer(TrainConfig(hidden_size=8, seq_length=10, device="gpu"), corpus)
     tr = Trainer(TrainConfig(hidden_size=8, seq_length=10, device="auto"), corpus)  # auto falls back to numpy
     assert tr.xp is np
+
+
+PACKED_SWEEP = """name: {name}
+data: {{path: tiny.txt}}
+train:
+  hidden_size: {{grid_search: [16, 24]}}
+  learning_rate: {{loguniform: [0.005, 0.05]}}
+  seq_length: 16
+  batch_size: 4
+  iterations: 300
+  eval_every: 100
+  sample_every: 300
+num_samples: 2
+scheduler: fifo
+max_concurrent_trials: 2
+{packing}
+output: out/{name}
+"""
+
+
+@pytest.mark.slow
+def test_a_packed_sweep_gives_each_trial_its_row_and_run_with_the_numbers_it_gets_alone(
+        tmp_path, run_module, corpus_text):
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    (tmp_path / "tiny.txt").write_text(corpus_text(30_000), encoding="utf-8")
+    (tmp_path / "packed.yaml").write_text(PACKED_SWEEP.format(name="packed", packing="packing: {max_trials: 4}"))
+    (tmp_path / "plain.yaml").write_text(PACKED_SWEEP.format(name="plain", packing=""))
+    procs = {name: run_module("pipeline.sweep", f"{name}.yaml", cwd=tmp_path) for name in ("packed", "plain")}
+    for proc in procs.values():
+        assert proc.returncode == 0, proc.stderr
+    assert "4 trials in 2 packs" in procs["packed"].stdout
+    packed = pd.read_parquet(tmp_path / "out/packed/trials.parquet").sort_values("trial_id")
+    plain = pd.read_parquet(tmp_path / "out/plain/trials.parquet").sort_values("trial_id")
+    assert list(packed.trial_id) == ["t0000", "t0001", "t0002", "t0003"] and set(packed.status) == {"finished"}
+    assert packed[["hidden_size", "learning_rate", "seed"]].equals(plain[["hidden_size", "learning_rate", "seed"]])
+    assert rel(packed.val_loss.to_numpy(), plain.val_loss.to_numpy()) < 1e-9
+    history = pd.read_parquet(tmp_path / "out/packed/history.parquet")
+    assert history.groupby("trial_id").size().tolist() == [3, 3, 3, 3]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("packed")
+    runs = client.search_runs([exp.experiment_id])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(runs) == 5 and len(children) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    for r in children:
+        paths = [a.path for a in client.list_artifacts(r.info.run_id, "model")]
+        assert paths == ["model/checkpoint.npz"]
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "val_loss")] == [100, 200, 300]
