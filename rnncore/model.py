@@ -153,7 +153,7 @@ def loss_and_grads(P: Params, X, Y, h0, ws: Workspace, grad_scale: float = 1.0):
     The final hidden state is ws.hs[-1]. grad_scale multiplies dy (1 for the seed; 1/B averages the
     B streams). Returns a float, or a (K,) array of per-trial sums when packed.
     """
-    T, B, H, V, K, xp, mm = ws.T, ws.B, ws.H, ws.V, ws.K, ws.xp, ws.mm
+    T, B, H, K, xp, mm = ws.T, ws.B, ws.H, ws.K, ws.xp, ws.mm
     hs, pre, dhraw, probs, hflat, dflat = ws.hs, ws.pre, ws.dhraw, ws.probs, ws.hflat, ws.dflat
     hs_t, pre_t, dhraw_t, dtanh_t = ws.hs_t, ws.pre_t, ws.dhraw_t, ws.dtanh_t
     WhhT, Whh = P.Whh.swapaxes(-1, -2), P.Whh

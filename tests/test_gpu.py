@@ -15,7 +15,7 @@ except Exception as e:  # no driver
 
 from rnncore import TrainConfig, Trainer, make_corpus  # noqa: E402
 from rnncore.model import Params, Workspace, loss_and_grads  # noqa: E402
-from rnncore.trainer import PackedTrainer, init_state  # noqa: E402
+from rnncore.trainer import PackedTrainer  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 TEXT = (Path(__file__).resolve().parents[1] / "data" / "tinyshakespeare.txt").read_text(encoding="utf-8")[:5001]
