@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 SWEEP  ?= sweeps/basic.yaml
 
-.PHONY: run test bench clean
+.PHONY: run test bench clean clean-all
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,5 +22,8 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) bench/engine.py
 
-clean:
-	rm -rf $(VENV) results mlruns mlflow.db
+clean:  # sweep outputs and the local MLflow store
+	rm -rf results mlruns mlflow.db
+
+clean-all: clean
+	rm -rf $(VENV)
