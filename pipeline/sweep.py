@@ -66,7 +66,7 @@ def run_sweep(cfg: SweepConfig, *, address: str | None, resume: bool) -> int:
     _start_ray(address)
     tracker = callback = None
     try:
-        _check_resources(cfg)
+        _check_resources(cfg, local=not address)
         tracker = Tracker(uri=uri, experiment=cfg.mlflow.experiment, sweep_id=sweep_id(cfg))
         parent = tracker.start_sweep(name=cfg.name, sweep_text=cfg.source_text, resume=resume,
                                      params={"sweep_file": str(cfg.source_path), "num_trials": cfg.num_trials,
@@ -177,9 +177,18 @@ def _start_ray(address: str | None) -> None:
                          "(auto, HOST:PORT or ray://HOST:10001) and that the cluster is up") from None
 
 
-def _check_resources(cfg: SweepConfig) -> None:
-    """Tune would keep a trial PENDING forever if no node can ever fit it: fail fast instead."""
+def _check_resources(cfg: SweepConfig, *, local: bool) -> None:
+    """Tune would keep a trial PENDING forever if no node can ever fit it: fail fast instead. On a local
+    Ray the trials run on this machine, so device: gpu also needs CuPy here."""
+    import importlib.util
+
     import ray
+
+    device = cfg.train.get("device", "cpu")
+    wants_gpu = "gpu" in (device.values() if hasattr(device, "values") else (device,))
+    if local and wants_gpu and importlib.util.find_spec("cupy") is None:
+        raise SweepError("train.device: device gpu needs CuPy, which is not installed; "
+                         "pip install '.[gpu]' (or '.[gpu-cuda13]'), or set device: cpu")
 
     total = ray.cluster_resources()
     for key, want in (("CPU", cfg.resources.cpu), ("GPU", cfg.resources.gpu)):

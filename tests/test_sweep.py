@@ -11,6 +11,7 @@ Every run gets a clean environment (no MLFLOW_* / RAY_*; see conftest.py), so ML
 from __future__ import annotations
 
 import copy
+import importlib.util
 import math
 import re
 import subprocess
@@ -468,6 +469,10 @@ BAD_CASES = [
                  id="output_holds_a_sweep"),
     pytest.param(_set("resources", {"cpu": 1, "gpu": 1}), None, "resources.gpu", ["GPU"],
                  id="gpu_not_in_cluster", marks=pytest.mark.slow),  # starts Ray to read its resources
+    pytest.param(lambda s: (_set("train.device", "gpu")(s), _set("resources", {"cpu": 1, "gpu": 0.5})(s)), None,
+                 "train.device", ["CuPy", "pip install"], id="gpu_device_without_cupy",
+                 marks=[pytest.mark.slow, pytest.mark.skipif(importlib.util.find_spec("cupy") is not None,
+                                                             reason="CuPy is installed here")]),
 ]
 
 
