@@ -30,8 +30,8 @@ def resolve_uri(uri: str | None) -> str:
     return uri or f"sqlite:///{os.path.abspath('mlflow.db')}"
 
 
-def check_server(uri: str, timeout_s: float = 8.0) -> None:
-    """For http(s) URIs, fail within timeout_s unless the server answers its /health endpoint (8 s: with the
+def check_server(uri: str, timeout_s: float = 7.0) -> None:
+    """For http(s) URIs, fail within timeout_s unless the server answers its /health endpoint (7 s: with the
     driver's start-up, a dead server is reported within 10 s)."""
     if not uri.startswith(("http://", "https://")):
         return

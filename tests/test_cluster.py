@@ -489,7 +489,7 @@ def test_an_unreachable_tracking_server_exits_2_within_its_timeout(cluster: Clus
                           "--address", cluster.address, timeout=60)
     err = _bad(run, proc_text, before)
     assert uri in err and "did not answer" in err, err
-    # the health check waits 8 s for a server that is starting, so with the interpreter's start the whole
+    # the health check waits 7 s for a server that is starting, so with the interpreter's start the whole
     # command fails within the promised 10 s
     assert run.seconds < 10, f"took {run.seconds:.1f} s"
     assert client(cluster).get_experiment_by_name("never") is None
