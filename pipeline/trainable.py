@@ -192,7 +192,7 @@ def train_pack(config: dict[str, Any], *, corpus: Corpus, base: dict[str, Any], 
     own MLflow runs and Parquet rows) and a checkpoint holding each member's rnncore checkpoint."""
     import time
 
-    from rnncore.trainer import PackedTrainer
+    from rnncore.trainer import PackedTrainer, next_boundary
 
     members = packs[config["pack"]]
     cfgs = [train_config(base, trials[i], trial_seed(sweep_seed, i), derive_seed=derive_seed) for i in members]
@@ -211,12 +211,8 @@ def train_pack(config: dict[str, Any], *, corpus: Corpus, base: dict[str, Any], 
     c0, node, t_start = cfgs[0], ray.get_runtime_context().get_node_id(), time.perf_counter()
     ended = {k for k in range(len(members)) if not pt.active[k]}
     while pt.iteration < c0.iterations and pt.active.any():
-        it = pt.iteration
-        stops = [c0.iterations, (it // c0.eval_every + 1) * c0.eval_every]
-        if c0.sample_every:
-            stops.append((it // c0.sample_every + 1) * c0.sample_every)
         t0 = time.perf_counter()
-        losses = pt.run(min(stops) - it)
+        losses = pt.run(next_boundary(c0, pt.iteration) - pt.iteration)
         dt = time.perf_counter() - t0
         done = pt.iteration >= c0.iterations
         val = pt.evaluate()

@@ -294,6 +294,14 @@ class Progress:
     done: bool
 
 
+def next_boundary(cfg: TrainConfig, iteration: int) -> int:
+    """The next iteration at which a loop reports: a multiple of eval_every or sample_every, or the end."""
+    stops = [cfg.iterations, (iteration // cfg.eval_every + 1) * cfg.eval_every]
+    if cfg.sample_every:
+        stops.append((iteration // cfg.sample_every + 1) * cfg.sample_every)
+    return min(stops)
+
+
 def train_loop(trainer: Trainer) -> Iterator[Progress]:
     """Train to cfg.iterations, yielding at every multiple of eval_every or sample_every and at the end.
 
@@ -303,12 +311,8 @@ def train_loop(trainer: Trainer) -> Iterator[Progress]:
     chars_per_iter = cfg.seq_length * cfg.batch_size
     t_start = time.perf_counter()
     while s.iteration < cfg.iterations and not trainer.diverged:
-        it = s.iteration
-        stops = [cfg.iterations, (it // cfg.eval_every + 1) * cfg.eval_every]
-        if cfg.sample_every:
-            stops.append((it // cfg.sample_every + 1) * cfg.sample_every)
         t0 = time.perf_counter()
-        losses = trainer.run(min(stops) - it)
+        losses = trainer.run(next_boundary(cfg, s.iteration) - s.iteration)
         dt = time.perf_counter() - t0
         done = s.iteration >= cfg.iterations or trainer.diverged
         val = None
