@@ -35,6 +35,7 @@ class SweepCallback(tune.Callback):
 
     def __init__(self, *, cfg: SweepConfig, tracker, table):
         self.cfg, self.tracker, self.table = cfg, tracker, table
+        self.base = cfg.base_config().to_dict()  # the fixed options every trial starts from
         self.runs: dict[str, str] = {}  # Tune trial id (or packed member id) -> MLflow run id
         self.packs: dict[int, tuple[dict, int]] = {}  # packed sweeps: trial index -> (its config, its pack)
         self.members: dict[int, _Member] = {}  # packed trials seen so far
@@ -52,9 +53,8 @@ class SweepCallback(tune.Callback):
         from .trainable import train_config, trial_seed
 
         _, index = self._key(trial)
-        base = self.cfg.base_config().to_dict()
-        cfg = train_config(base, trial.config, trial_seed(self.cfg.seed, index),
-                           derive_seed="seed" not in self.cfg.train)
+        cfg = train_config(self.base, trial.config, trial_seed(self.cfg.seed, index),
+                           derive_seed=self.cfg.derive_seed)
         return cfg.to_dict()
 
     def _run(self, trial) -> str:

@@ -586,6 +586,11 @@ class SweepConfig(_Section):
         return {k: v for k, v in self.train.items() if not isinstance(v, Domain)}
 
     @property
+    def derive_seed(self) -> bool:
+        """True unless the file sets train.seed itself: then each trial's seed derives from the sweep seed."""
+        return "seed" not in self.train
+
+    @property
     def searched(self) -> dict[str, Domain]:
         """The train options the file searches, in file order."""
         return {k: v for k, v in self.train.items() if isinstance(v, Domain)}

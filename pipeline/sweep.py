@@ -78,7 +78,7 @@ def run_sweep(cfg: SweepConfig, *, address: str | None, resume: bool) -> int:
             table.load_existing()
         callback = SweepCallback(cfg=cfg, tracker=tracker, table=table)
         base = cfg.base_config().to_dict()
-        common = dict(corpus=corpus, base=base, sweep_seed=cfg.seed, derive_seed="seed" not in cfg.train)
+        common = dict(corpus=corpus, base=base, sweep_seed=cfg.seed, derive_seed=cfg.derive_seed)
         packs = None
         if cfg.packing:  # trials drawn up front and grouped: one Tune trial trains one pack
             from .packing import expand_trials, make_packs

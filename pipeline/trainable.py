@@ -86,9 +86,7 @@ def train_trial(config: dict[str, Any], *, corpus: Corpus, base: dict[str, Any],
             val = trainer.evaluate()  # a sample-only boundary: Tune wants the metric in every report
         metrics = {
             "iteration": pr.iteration,
-            "train_loss": _finite(pr.train_loss),
-            "val_loss": _finite(val),
-            "val_bpc": _finite(val / math.log(2)) if val is not None else math.inf,
+            **_losses(pr.train_loss, val),
             "chars_per_sec": pr.chars_per_sec,
             "elapsed_s": elapsed0 + pr.elapsed_s,
             "diverged": pr.diverged,
@@ -172,6 +170,12 @@ def _note_start(index: int, iteration: int) -> None:
             f.write(f"{os.getpid()} {iteration}\n")
 
 
+def _losses(train_loss: float, val_loss: float | None) -> dict[str, float]:
+    """The loss metrics of one report, nats/char and val bits/char; non-finite or missing ones as +inf."""
+    return {"train_loss": _finite(train_loss), "val_loss": _finite(val_loss),
+            "val_bpc": _finite(val_loss / math.log(2)) if val_loss is not None else math.inf}
+
+
 def _finite(x: float | None) -> float:
     """Tune's schedulers compare metrics: a diverged value reports as +inf (the worst, in mode min)."""
     return math.inf if x is None or not math.isfinite(x) else float(x)
@@ -217,19 +221,19 @@ def train_pack(config: dict[str, Any], *, corpus: Corpus, base: dict[str, Any], 
         done = pt.iteration >= c0.iterations
         val = pt.evaluate()
         sample_due = done or (c0.sample_every and pt.iteration % c0.sample_every == 0)
+        states = [pt.member_state(k) for k in range(len(members))]  # host copies: the report and the checkpoint
         out = []
         for k, i in enumerate(members):
             if k in ended:
                 continue
-            st, diverged = pt.member_state(k), bool(pt.diverged[k])
+            st, diverged = states[k], bool(pt.diverged[k])
             ran = int((~np.isnan(losses[:, k])).sum())
             text = ""
             if sample_due and not diverged:
                 text = Trainer(cfgs[k].replace(device="cpu"), corpus, st).sample()
             v = None if diverged else float(val[k])
             out.append({"trial_index": i, "config": trials[i], "iteration": st.iteration,
-                        "train_loss": _finite(st.smooth_loss), "val_loss": _finite(v),
-                        "val_bpc": _finite(v / math.log(2)) if v is not None else math.inf,
+                        **_losses(st.smooth_loss, v),
                         "chars_per_sec": ran * c0.seq_length * c0.batch_size / max(dt, 1e-9),
                         "elapsed_s": time.perf_counter() - t_start, "diverged": diverged, "sample": text,
                         "trial_seed": cfgs[k].seed, "ended": diverged or done})
@@ -242,7 +246,7 @@ def train_pack(config: dict[str, Any], *, corpus: Corpus, base: dict[str, Any], 
                    "members": out, "node": node, "target_iterations": c0.iterations}
         with tempfile.TemporaryDirectory() as d:
             for k, i in enumerate(members):
-                ckpt.save(os.path.join(d, member_file(i)), cfgs[k], corpus.vocab, pt.member_state(k))
+                ckpt.save(os.path.join(d, member_file(i)), cfgs[k], corpus.vocab, states[k])
             with open(os.path.join(d, PACK_FILE), "w") as f:
                 json.dump({"active": pt.active.tolist(), "diverged": pt.diverged.tolist()}, f)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
