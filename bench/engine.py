@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/engine.py              # 3 interleaved rounds of ~2 s per contender and setting
     .venv/bin/python bench/engine.py --quick      # a smoke run (short rounds)
+    .venv/bin/python bench/engine.py --rows 1 2   # only the first two settings (1-based, table order)
 
 One BLAS thread for everyone. The seed has no batch: it always runs at B=1 float64 with the row's H and T.
 Rounds alternate between contenders so background load hits them alike; each contender's best round counts.
@@ -157,6 +158,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=2.0, help="length of one timed round per contender")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best one counts")
     ap.add_argument("--quick", action="store_true", help="smoke run: 0.3 s rounds, 2 of them")
+    ap.add_argument("--rows", type=int, nargs="+", metavar="N", choices=range(1, len(SETTINGS) + 1),
+                    help=f"only these settings, 1-based in table order (1..{len(SETTINGS)}); default all")
     ap.add_argument("--data", default=str(REPO / "data" / "tinyshakespeare.txt"))
     args = ap.parse_args(argv)
     if args.quick:
@@ -185,7 +188,8 @@ def main(argv=None) -> int:
         head += " torch chars/s | rnncore/torch |"
         rule += "---:|---:|"
     rows = []
-    for H, T, B, dtype, target in SETTINGS:
+    settings = SETTINGS if not args.rows else [SETTINGS[i - 1] for i in args.rows]
+    for H, T, B, dtype, target in settings:
         contenders = [SeedContender(corpus, H, T), RnncoreContender(corpus, H, T, B, dtype)]
         if torch:
             contenders.append(TorchContender(torch, corpus, H, T, B, dtype))

@@ -109,11 +109,13 @@ class Workspace:
         self.probs = xp.zeros((*lead, T * B, V), dtype)  # softmax outputs, then dy in place
         self.rowmax = xp.zeros((*lead, T * B, 1), dtype)
         self.rows = xp.arange(T * B)
+        self.row_starts = self.rows * V  # where each row of a (TB, V) block starts in its flat view
         self.cols = xp.arange(H) * V  # offsets of the columns of a row-major (H, V) array
         self.grads = Params.zeros(H, V, dtype, K, xp)
         if K is None:  # one model: the (TB, H) views of the time-major buffers are free
             self.hflat, self.hprev, self.dflat = (a.reshape(T * B, H) for a in (self.hs[1:], self.hs[:-1], self.dhraw))
-            self.mm = xp.dot  # 2-D products: BLAS gemv/gemm without matmul's batch overhead
+            # 2-D products: BLAS gemv/gemm without matmul's batch overhead; numpy's method skips np.dot's dispatch
+            self.mm = np.ndarray.dot if xp is np else xp.dot
         else:  # packed: trial-major copies for the batched output-layer and weight-gradient products
             self.hflat, self.hprev, self.dflat = (xp.zeros((K, T * B, H), dtype) for _ in range(3))
             self.kk = xp.arange(K)[None, :, None]  # (1, K, 1) trial index for the input gather
@@ -162,12 +164,14 @@ def loss_and_grads(P: Params, X, Y, h0, ws: Workspace, grad_scale: float = 1.0):
 
     # forward: the input layer for all steps at once, then the recurrence
     if K is None:
-        xp.take(P.Wxh.T, X, axis=0, out=pre)  # (T, B, H) columns of Wxh picked by the one-hot inputs
+        Wxh_x = P.Wxh.T[X]  # (T, B, H) columns of Wxh picked by the one-hot inputs
     else:
-        pre[...] = P.Wxh.swapaxes(1, 2)[ws.kk, X[:, None, :]]  # (T, K, B, H)
-    pre += P.bh.swapaxes(-1, -2)
+        Wxh_x = P.Wxh.swapaxes(1, 2)[ws.kk, X[:, None, :]]  # (T, K, B, H)
+    xp.add(Wxh_x, P.bh.swapaxes(-1, -2), out=pre)
     hs[0] = h0
-    add, tanh, mul = xp.add, xp.tanh, xp.multiply  # locals: this loop is the hot path at batch 1
+    # the time loops are the hot path at batch 1: functions held in locals, numpy ufuncs' outputs passed by
+    # position (cheaper than out=; CuPy's matmul takes out= only, and on a GPU the fused kernels run instead)
+    add, tanh, mul = xp.add, xp.tanh, xp.multiply
     if ws.fused:
         add_tanh, add_mul = ws.fused
         for h_prev, h, p in zip(hs_t, hs_t[1:], pre_t):
@@ -175,9 +179,9 @@ def loss_and_grads(P: Params, X, Y, h0, ws: Workspace, grad_scale: float = 1.0):
             add_tanh(p, h)
     else:
         for h_prev, h, p in zip(hs_t, hs_t[1:], pre_t):
-            mm(h_prev, WhhT, out=h)
-            add(h, p, out=h)
-            tanh(h, out=h)
+            mm(h_prev, WhhT, out=h)  # h_t = tanh(h_{t-1} Whh^T + pre_t)
+            add(h, p, h)
+            tanh(h, h)
 
     # output layer over all T*B positions: one GEMM, a stable softmax, the loss
     if K is not None:
@@ -185,17 +189,23 @@ def loss_and_grads(P: Params, X, Y, h0, ws: Workspace, grad_scale: float = 1.0):
     mm(hflat, P.Why.swapaxes(-1, -2), out=probs)  # (TB, V) logits
     probs += P.by.swapaxes(-1, -2)
     yflat = Y.reshape(-1)
+    if K is None:  # one flat index for the targets' entries: numpy's cheapest fancy indexing
+        p_at, at_target = probs.reshape(-1), ws.row_starts + yflat
+    else:
+        p_at, at_target = probs, (slice(None), ws.rows, yflat)
     ws.amax(probs, axis=-1, keepdims=True, out=ws.rowmax)
     probs -= ws.rowmax
-    target_logit = probs[..., ws.rows, yflat]  # (TB,) shifted logits of the targets
+    target_logit = p_at[at_target]  # ([K,] TB) shifted logits of the targets
     xp.exp(probs, out=probs)
-    sums = ws.asum(probs, axis=-1)  # (TB,)
-    loss = ws.asum(xp.log(sums), axis=-1) - ws.asum(target_logit, axis=-1)
+    sums = ws.asum(probs, axis=-1)  # ([K,] TB)
     probs /= sums[..., None]
+    nll = xp.log(sums, out=sums)  # -log p[target] = log sum exp - target logit, at each position
+    nll -= target_logit
+    loss = ws.asum(nll, axis=-1)
 
     # backward: dy = p - onehot(target), then the output-layer gradients as GEMMs
     dy = probs
-    dy[..., ws.rows, yflat] -= 1
+    p_at[at_target] -= 1
     if grad_scale != 1.0:
         dy *= grad_scale
     G = ws.grads
@@ -210,13 +220,16 @@ def loss_and_grads(P: Params, X, Y, h0, ws: Workspace, grad_scale: float = 1.0):
     xp.subtract(1, ws.dtanh, out=ws.dtanh)  # tanh' = 1 - h^2
     dnext = ws.dhnext
     mul(dhraw_t[T - 1], dtanh_t[T - 1], out=dhraw_t[T - 1])
-    for d_next, d, g in zip(dhraw_t[:0:-1], dhraw_t[-2::-1], dtanh_t[-2::-1]):
-        mm(d_next, Whh, out=dnext)
-        if ws.fused:
+    steps_back = zip(dhraw_t[:0:-1], dhraw_t[-2::-1], dtanh_t[-2::-1])  # (dhraw_{t+1}, d_t, tanh'_t), t = T-2..0
+    if ws.fused:
+        for d_next, d, g in steps_back:
+            mm(d_next, Whh, out=dnext)
             add_mul(dnext, g, d)
-        else:
-            add(d, dnext, out=d)
-            mul(d, g, out=d)
+    else:
+        for d_next, d, g in steps_back:
+            mm(d_next, Whh, out=dnext)  # dhraw_t = (d_t + dhraw_{t+1} Whh) * tanh'_t
+            add(d, dnext, d)
+            mul(d, g, d)
 
     if K is not None:
         _trial_major(dflat, dhraw, K, T, B, H)

@@ -60,10 +60,28 @@ def array_module_for(device: str):
                      "(pip install '.[gpu]') on a machine with a GPU, or set device: cpu")
 
 
+ADAGRAD_CHUNK = 1 << 16  # elements: on a CPU the update's passes run chunk by chunk, on cache-resident data
+
+
 def adagrad(flat, g, m, tmp, lr, clip, eps, xp=np) -> None:
     """In place, all parameters at once: clip g, m += g*g, flat += -lr * g / sqrt(m + eps) (the seed's order).
-    lr, clip and eps are scalars, or arrays shaped like flat when packed trials differ."""
-    xp.clip(g, -clip, clip, out=g)  # clip to mitigate exploding gradients
+    lr, clip and eps are scalars, or arrays shaped like flat when packed trials differ. tmp: scratch like flat.
+
+    Element-wise, so splitting it changes no number: on a CPU the eight passes go over one chunk at a time,
+    with the start of tmp as the chunk's scratch, so memory sees each array about once. A GPU takes it whole.
+    """
+    n, step = flat.shape[0], ADAGRAD_CHUNK
+    if xp is not np or n <= step:
+        _adagrad(flat, g, m, tmp, lr, clip, eps, xp)
+        return
+    for i in range(0, n, step):
+        part = slice(i, i + step)
+        lr_i, clip_i, eps_i = (a if np.ndim(a) == 0 else a[part] for a in (lr, clip, eps))
+        _adagrad(flat[part], g[part], m[part], tmp[: min(step, n - i)], lr_i, clip_i, eps_i, xp)
+
+
+def _adagrad(flat, g, m, tmp, lr, clip, eps, xp) -> None:
+    g.clip(-clip, clip, out=g)  # clip to mitigate exploding gradients (the method skips np.clip's wrapper)
     xp.multiply(g, g, out=tmp)
     m += tmp  # mem += dparam * dparam
     xp.add(m, eps, out=tmp)
@@ -106,8 +124,8 @@ class Trainer:
         self.ws = Workspace(T, B, H, V, cfg.dtype, None, xp)
         self.L = stream_length(len(corpus.train), B)
         self.train_ids = xp.asarray(corpus.train)
-        self.index = xp.asarray(window_index(len(corpus.train), T, B))  # (T+1, B)
-        self.xy = xp.zeros((T + 1, B), corpus.train.dtype)
+        self.streams = self.train_ids[: B * self.L].reshape(B, self.L).T  # (L, B) view: stream b is column b
+        self.xy = self.streams[: T + 1]  # (T+1, B) window at p: inputs [:-1], targets [1:]; a view, set by step
         self.grad_scale = 1.0 / B
         self.lr = np.dtype(cfg.dtype).type(-cfg.learning_rate)
         self.tmp = xp.zeros_like(self.state.params.flat)  # Adagrad scratch, so the update allocates nothing
@@ -120,8 +138,8 @@ class Trainer:
         if s.p + T + 1 >= self.L or s.iteration == 0:
             s.h.fill(0)  # wrap: start every stream over from a zero state
             s.p = 0
-        self.xp.take(self.train_ids, self.index + s.p, out=self.xy)
-        loss_sum = loss_and_grads(s.params, self.xy[:-1], self.xy[1:], s.h, ws, self.grad_scale)
+        self.xy = xy = self.streams[s.p: s.p + T + 1]
+        loss_sum = loss_and_grads(s.params, xy[:-1], xy[1:], s.h, ws, self.grad_scale)
         s.h[...] = ws.hs[-1]
         loss = loss_sum / (T * B)
         adagrad(s.params.flat, ws.grads.flat, s.mem.flat, self.tmp, self.lr, cfg.clip, cfg.adagrad_eps, self.xp)
