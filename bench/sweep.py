@@ -79,12 +79,16 @@ def main() -> None:
     args = p.parse_args()
     print(f"8 trials: H={TRAIN['hidden_size']} T={TRAIN['seq_length']} B={TRAIN['batch_size']} "
           f"{TRAIN['dtype']}, {args.iterations} iterations, eval every {TRAIN['eval_every']}")
+    # the machine may be shared: the 1-minute load average before each part says how comparable they are
+    load_a = os.getloadavg()[0]
     a = sequential(args.iterations)
+    load_b = os.getloadavg()[0]
     b = through_pipeline(args.iterations)
     print("\n| run | wall s | ratio to (a) |\n| --- | --- | --- |")
     print(f"| (a) rnncore alone, one after another | {a:.1f} | 1.00 |")
     print(f"| (b) pipeline.sweep, 2 CPUs, MLflow + Parquet | {b:.1f} | {b / a:.2f} |")
-    print(f"\ntarget: (b) <= 0.60 x (a): {'met' if b <= 0.6 * a else 'NOT met'}")
+    print(f"\nload average before (a) {load_a:.1f}, before (b) {load_b:.1f} ({os.cpu_count()} CPUs)")
+    print(f"target: (b) <= 0.60 x (a): {'met' if b <= 0.6 * a else 'NOT met'}")
 
 
 if __name__ == "__main__":

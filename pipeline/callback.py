@@ -13,6 +13,7 @@ from ray import tune
 
 from .config import SweepConfig
 
+STALE = object()  # PBT: a report of a run that a newer run of the same trial replaced
 SHORT = {"hidden_size": "h", "seq_length": "s", "learning_rate": "lr", "batch_size": "b"}
 
 
@@ -37,6 +38,8 @@ class SweepCallback(tune.Callback):
         self.cfg, self.tracker, self.table = cfg, tracker, table
         self.base = cfg.base_config().to_dict()  # the fixed options every trial starts from
         self.runs: dict[str, str] = {}  # Tune trial id (or packed member id) -> MLflow run id
+        self.index: dict[str, int] = {}  # Tune trial id (or packed member id) -> position in generation order
+        self.runs_seen: dict[str, list[str]] = {}  # PBT: trial key -> the run tokens of its runs, newest last
         self.packs: dict[int, tuple[dict, int]] = {}  # packed sweeps: trial index -> (its config, its pack)
         self.members: dict[int, _Member] = {}  # packed trials seen so far
         self.t0 = time.monotonic()
@@ -46,7 +49,10 @@ class SweepCallback(tune.Callback):
     def _key(self, trial) -> tuple[str, int]:
         from .trainable import trial_index
 
-        index = trial_index(trial.trial_id)
+        if trial.trial_id not in self.index:
+            storage = getattr(trial, "storage", None)
+            self.index[trial.trial_id] = trial_index(trial.trial_id, getattr(storage, "trial_dir_name", None) or "")
+        index = self.index[trial.trial_id]
         return trial_key(index), index
 
     def _hparams(self, trial) -> dict[str, Any]:
@@ -64,6 +70,8 @@ class SweepCallback(tune.Callback):
             self.runs[trial.trial_id] = self.tracker.trial_run(trial_id=key, name=f"{key}-{run_name(trial.config)}",
                                                                params=hp)
             row = {k: v for k, v in hp.items() if k != "iterations"}
+            if key in self.table.trials:  # resumed: the row holds the values it started with (PBT has changed
+                row = {}  # trial.config since, as it did not change the MLflow params)
             self.table.set_trial(key, {"status": "running", "mlflow_run_id": self.runs[trial.trial_id],
                                        "target_iterations": hp["iterations"], **row})
         return self.runs[trial.trial_id]
@@ -92,10 +100,58 @@ class SweepCallback(tune.Callback):
         run = self._run(trial)
         it = int(result["iteration"])
         metrics = {k: result[k] for k in ("train_loss", "val_loss", "val_bpc", "chars_per_sec")}
+        if "lr" in result:  # the learning rate in force (PBT changes it; MLflow params cannot change)
+            metrics["lr"] = result["lr"]
+        branch = self._branch(key, run, result)
+        if branch is STALE:
+            return
+        exploit = self._exploited(key, run, result["exploit"], branch) if result.get("exploit") else None
         if self.tracker.log_metrics(run, metrics, step=it) and result.get("sample"):
             self.tracker.log_text(run, result["sample"], f"samples/iter_{it:06d}.txt")
         self.table.add_report(key, {"iteration": it, **{k: _num(v) for k, v in metrics.items()},
-                                    "elapsed_s": float(result.get("elapsed_s", 0.0))})
+                                    "elapsed_s": float(result.get("elapsed_s", 0.0)),
+                                    "exploited_from": exploit["source_trial_id"] if exploit else None},
+                              exploit=exploit, branch=branch)
+
+    # PBT -----------------------------------------------------------------------------------------
+    def _branch(self, key: str, run: str, result: dict[str, Any]) -> Any:
+        """Under PBT a trial's run that starts at iteration c (cloned from another trial, or restarted from one
+        of its own checkpoints after a failure or a --resume, which may predate a clone the old driver saw)
+        is the trial's history from c on: returns c for the tables to drop what came after it, and lets MLflow
+        log those steps again. None when this is not the first report of a new run, or without PBT.
+
+        A run stopped for a clone may still deliver reports after its clone started; they are dropped."""
+        if self.cfg.scheduler.type != "pbt" or "run_token" not in result:
+            return None
+        token, start = result["run_token"], int(result["start_iteration"])
+        if self.runs_seen.get(key, [None])[-1] == token:
+            return None
+        if token in self.runs_seen.get(key, []):
+            return STALE
+        self.runs_seen.setdefault(key, []).append(token)
+        mine = [e for e in self.table.exploits if e["trial_id"] == key]
+        kept = sum(1 for e in mine if e["iteration"] < start)
+        if kept < len(mine):  # clones of a branch that is gone
+            self.tracker.delete_tags(run, [f"pbt.exploit.{n:03d}" for n in range(kept + 1, len(mine) + 1)])
+            self.tracker.set_tags(run, {"pbt.exploits": kept})
+        self.tracker.rewind(run, start)
+        return start
+
+    def _exploited(self, key: str, run: str, exploit: dict[str, Any], branch: int | None) -> dict[str, Any] | None:
+        """PBT cloned trial `source` at `iteration` into this one: a tag on its run, and the exploits-table row
+        that goes with this report (None when a restart repeats one already recorded)."""
+        source, at = trial_key(int(exploit["source"])), int(exploit["iteration"])
+        changes = ", ".join(f"{k} {_fmt(a)} -> {_fmt(b)}" for k, (a, b) in exploit.get("changes", {}).items())
+        row = {"trial_id": key, "iteration": at, "source_trial_id": source, "changes": changes}
+        mine = [e for e in self.table.exploits if e["trial_id"] == key and (branch is None or e["iteration"] < branch)]
+        if row in mine:
+            return None
+        n = len(mine) + 1
+        self.tracker.set_tags(run, {f"pbt.exploit.{n:03d}": f"iteration {at}: cloned {source}; {changes or 'no change'}",
+                                    "pbt.exploits": n})
+        self.tracker.rewind(run, at)
+        print(f"{key}: PBT copied {source} at iteration {at}; {changes or 'no change'}", flush=True)
+        return row
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         """The trial's worker failed and Tune restarts it from its newest checkpoint (FailureConfig)."""
@@ -168,6 +224,7 @@ class SweepCallback(tune.Callback):
         hist = self.table.history_of(key)
         vals = [r["val_loss"] for r in hist if r["val_loss"] is not None and math.isfinite(r["val_loss"])]
         speeds = [r["chars_per_sec"] for r in hist if r["chars_per_sec"]]
+        lrs = [r.get("lr") for r in hist if r.get("lr") is not None]
         self.table.set_trial(key, {
             "status": status, "mlflow_run_id": run,
             "iterations": int(last.get("iteration", 0)),
@@ -175,14 +232,16 @@ class SweepCallback(tune.Callback):
             "val_bpc": _num(last.get("val_bpc")), "best_val_loss": min(vals) if vals else None,
             "chars_per_sec": sum(speeds) / len(speeds) if speeds else None,
             "wall_s": float(last.get("time_total_s", last.get("elapsed_s", 0.0))), "node": last.get("node"),
-            "sample": last.get("sample") or None, "error": error or None})
+            "sample": last.get("sample") or None, "error": error or None,
+            "final_lr": lrs[-1] if lrs else None,
+            "exploits": sum(1 for e in self.table.exploits if e["trial_id"] == key)})
         self.table.write()
         self._progress(None, force=True)
 
     def finish(self) -> None:
         """After fit(): runs still open were interrupted; mark them KILLED and write the tables (their rows
         hold the newest report; --resume continues them)."""
-        runs = {trial_key(int(tid.rsplit("_", 1)[-1])): run for tid, run in self.runs.items()}
+        runs = {trial_key(self.index[tid]): run for tid, run in self.runs.items()}
         for key, row in self.table.trials.items():  # rows a killed driver left running, not seen again
             if row.get("status") == "running" and key not in runs and row.get("mlflow_run_id"):
                 runs[key] = row["mlflow_run_id"]
@@ -221,6 +280,10 @@ class SweepCallback(tune.Callback):
         extra = "".join(f", {count[s]} {s}" for s in ("stopped", "diverged", "failed") if count[s])
         print(f"[{now - self.t0:6.0f}s] {done}/{self.cfg.num_trials} done{extra} | {count['running']} running | "
               f"{pending} pending{best_txt}", flush=True)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 class _Member:

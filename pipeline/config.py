@@ -57,11 +57,16 @@ __all__ = [
     "FILE_KEYS",
     "FifoScheduler",
     "METRICS",
+    "MUTABLE",
     "MlflowConfig",
+    "OptunaSearch",
+    "PbtScheduler",
+    "RandomSearch",
     "RayConfig",
     "Resources",
     "SEARCH_KINDS",
     "Scheduler",
+    "SearchAlg",
     "SearchKind",
     "SweepConfig",
     "load_sweep",
@@ -475,8 +480,77 @@ class AshaScheduler(_Section):
     max_t: int | None = Field(None, ge=1)  # None on its own; SweepConfig fills in the largest `iterations`
 
 
-Scheduler = Annotated[Union[FifoScheduler, AshaScheduler], Field(discriminator="type")]
-_SCHEDULERS: dict[str, type[_Section]] = {"fifo": FifoScheduler, "asha": AshaScheduler}
+# Options that may change while a trial trains (PBT mutates them between checkpoints); the others fix the
+# shapes of the weights or the data schedule that a checkpoint carries.
+MUTABLE: tuple[str, ...] = ("learning_rate", "clip", "adagrad_eps", "temperature")
+
+
+def _parse_mutations(value: Any) -> dict[str, Domain]:
+    """``mutations:`` of PBT: option -> how to draw a new value (a search domain other than grid_search)."""
+    if not isinstance(value, Mapping) or not value:
+        raise ValueError(f"must map options to search domains, but got {_show(value)}; "
+                         "write e.g. mutations: {learning_rate: {loguniform: [0.001, 0.3]}}")
+    out, problems = {}, []
+    for name, spec in value.items():
+        key = str(name)
+        if name not in MUTABLE:
+            why = _unknown(name, FIELD_NAMES) if name not in FIELD_NAMES else \
+                f"{name} cannot change while a trial trains (PBT copies weights and data position between trials)"
+            problems.append(f"{key}: {why}; PBT can mutate {', '.join(MUTABLE)}")
+            continue
+        parsed, option_problems = _parse_option(name, spec, key)
+        if option_problems:
+            problems += [f"{k}: {text}" for k, text in option_problems]
+        elif not isinstance(parsed, Domain) or parsed.is_grid:
+            problems.append(f"{key}: must be a search domain to draw new values from, but got {_show(spec)}; "
+                            f"write e.g. {name}: {{loguniform: [low, high]}} or {{choice: [...]}}")
+        else:
+            out[name] = parsed
+    if problems:
+        raise ValueError("; ".join(problems))
+    return out
+
+
+class PbtScheduler(_Section):
+    """``scheduler: {type: pbt}``: Population Based Training; times are engine iterations.
+
+    Every ``perturbation_interval`` iterations a trial in the bottom ``quantile_fraction`` of the population
+    continues from the checkpoint of one in the top (weights, Adagrad memory, hidden state, data position,
+    RNG) with its ``mutations`` perturbed (x1.2 or x0.8, or redrawn with ``resample_probability``)."""
+
+    type: Literal["pbt"]
+    perturbation_interval: int = Field(ge=1)
+    mutations: Annotated[dict[str, Any], BeforeValidator(_parse_mutations)]
+    quantile_fraction: float = Field(0.25, gt=0, le=0.5)
+    resample_probability: float = Field(0.25, ge=0, le=1)
+    burn_in_period: int = Field(0, ge=0)
+
+
+Scheduler = Annotated[Union[FifoScheduler, AshaScheduler, PbtScheduler], Field(discriminator="type")]
+_SCHEDULERS: dict[str, type[_Section]] = {"fifo": FifoScheduler, "asha": AshaScheduler, "pbt": PbtScheduler}
+
+
+class RandomSearch(_Section):
+    """``search_alg: {type: random}`` (the default): every grid point ``num_samples`` times, ranges drawn at random."""
+
+    type: Literal["random"] = "random"
+
+
+class OptunaSearch(_Section):
+    """``search_alg: {type: optuna}``: Optuna's TPE proposes each trial from the results so far.
+
+    ``seed`` seeds the sampler (default: the sweep's ``seed``); the first ``startup_trials`` are drawn at
+    random (TPE needs results to model); ``max_concurrent_trials`` bounds how many trials it proposes before
+    their results are in."""
+
+    type: Literal["optuna"]
+    seed: int | None = Field(None, ge=0)
+    startup_trials: int = Field(10, ge=1)
+
+
+SearchAlg = Annotated[Union[RandomSearch, OptunaSearch], Field(discriminator="type")]
+_SEARCHERS: dict[str, type[_Section]] = {"random": RandomSearch, "optuna": OptunaSearch}
+_TAGGED: dict[str, dict[str, type[_Section]]] = {"scheduler": _SCHEDULERS, "search_alg": _SEARCHERS}
 
 
 class Resources(_Section):
@@ -519,6 +593,7 @@ class SweepConfig(_Section):
     metric: MetricName = "val_loss"
     mode: Literal["min", "max"] = "min"
     scheduler: Scheduler = Field(default_factory=FifoScheduler)
+    search_alg: SearchAlg = Field(default_factory=RandomSearch)
     max_concurrent_trials: int | None = Field(None, ge=1)
     resources: Annotated[Resources, BeforeValidator(_empty_as_default)] = Field(default_factory=Resources)
     mlflow: MlflowConfig
@@ -546,6 +621,8 @@ class SweepConfig(_Section):
         scheduler = data.get("scheduler")
         if scheduler is None or isinstance(scheduler, str):
             scheduler = data["scheduler"] = {"type": scheduler or "fifo"}
+        if data.get("search_alg") is None or isinstance(data.get("search_alg"), str):
+            data["search_alg"] = {"type": data.get("search_alg") or "random"}
         if isinstance(scheduler, dict) and scheduler.get("type") == "asha" and scheduler.get("max_t") is None:
             train, problems = _parse_train(data.get("train"))
             if not any(key.startswith("train.iterations") for key, _ in problems):
@@ -555,10 +632,13 @@ class SweepConfig(_Section):
     @field_validator("packing")
     @classmethod
     def _check_packing(cls, value: PackingConfig | None, info: ValidationInfo) -> PackingConfig | None:
-        scheduler = info.data.get("scheduler")
+        scheduler, search = info.data.get("scheduler"), info.data.get("search_alg")
         if value is not None and scheduler is not None and not isinstance(scheduler, FifoScheduler):
             raise ValueError("packed trials run with scheduler fifo (a pack trains its members together), "
                              f"but got scheduler {scheduler.type}; set scheduler: fifo or remove packing")
+        if value is not None and isinstance(search, OptunaSearch):
+            raise ValueError("packed trials are drawn up front, but search_alg optuna proposes each trial from the "
+                             "results so far; remove packing, or use search_alg: random")
         return value
 
     @field_validator("name")
@@ -619,6 +699,15 @@ class SweepConfig(_Section):
         """Ray Tune's ``param_space``: fixed values as is, searched ones as Tune domains (imports Ray)."""
         return {k: v.to_tune() if isinstance(v, Domain) else v for k, v in self.train.items()}
 
+    def tune_space(self) -> dict[str, Any]:
+        """What each trial's config holds: the searched options as Tune domains, and under PBT also the
+        mutated options at their starting value (PBT mutates keys of the trial's config). Imports Ray."""
+        space = {k: d.to_tune() for k, d in self.searched.items()}
+        if isinstance(self.scheduler, PbtScheduler):
+            for name in self.scheduler.mutations:
+                space.setdefault(name, self.train.get(name, getattr(TrainConfig, name)))
+        return space
+
     # ---- the plan
 
     def plan_text(self) -> str:
@@ -631,7 +720,8 @@ class SweepConfig(_Section):
             count += f" = num_samples {self.num_samples}"
         random_keys = [k for k, d in self.searched.items() if not d.is_grid]
         if random_keys:
-            count += f"; {', '.join(random_keys)} drawn anew for each trial"
+            how = "proposed by TPE" if isinstance(self.search_alg, OptunaSearch) else "drawn anew"
+            count += f"; {', '.join(random_keys)} {how} for each trial"
         width = max((len(k) for k in self.train), default=0)
         defaults = TrainConfig().to_dict()
         unset = [f"{k}={defaults[k]!r}" for k in FIELD_NAMES if k not in self.train]
@@ -648,6 +738,7 @@ class SweepConfig(_Section):
             lines.append(f"  defaults:   {', '.join(unset)}")
         lines += [
             f"  objective:  {self.mode} {self.metric} ({METRICS[self.metric][1]})",
+            f"  search:     {self._search_text()}",
             f"  scheduler:  {self._scheduler_text()}",
             f"  resources:  {self.resources.cpu:g} CPU, {self.resources.gpu:g} GPU per trial; "
             + (f"at most {self.max_concurrent_trials} at once" if self.max_concurrent_trials
@@ -659,6 +750,7 @@ class SweepConfig(_Section):
             f"  output:     {self.output}",
             f"  mlflow:     experiment {self.mlflow.experiment!r} at "
             + (self.mlflow.tracking_uri or "the default local store"),
+            *(f"  note:       {n}" for n in self.notes()),
         ]
         return "\n".join(lines)
 
@@ -667,7 +759,27 @@ class SweepConfig(_Section):
         if isinstance(s, AshaScheduler):
             return (f"ASHA: grace_period {s.grace_period}, reduction_factor {s.reduction_factor:g}, "
                     f"max_t {s.max_t} (iterations)")
+        if isinstance(s, PbtScheduler):
+            mutated = ", ".join(f"{k} {d.describe()}" for k, d in s.mutations.items())
+            return (f"PBT: every {s.perturbation_interval} iterations the bottom {s.quantile_fraction:g} copy the "
+                    f"top (resample_probability {s.resample_probability:g}); mutates {mutated}")
         return "FIFO: every trial runs all its iterations"
+
+    def notes(self) -> list[str]:
+        """Advice on a valid sweep that will likely not do what its author wants (shown, not enforced)."""
+        out = []
+        if isinstance(self.scheduler, PbtScheduler) and (self.max_concurrent_trials or self.num_trials) < self.num_trials:
+            out.append(f"PBT compares the trials that run at the same time, but at most {self.max_concurrent_trials} of "
+                       f"the {self.num_trials} do; set max_concurrent_trials: {self.num_trials} (with resources.cpu "
+                       "below 1 to share cores) so the whole population trains together")
+        return out
+
+    def _search_text(self) -> str:
+        if isinstance(self.search_alg, OptunaSearch):
+            seed = self.seed if self.search_alg.seed is None else self.search_alg.seed
+            return (f"Optuna TPE (seed {seed}): the first {self.search_alg.startup_trials} trials drawn at random, "
+                    "then each proposed from the results so far")
+        return "random: every grid point num_samples times, other searched values drawn at random"
 
 
 FILE_KEYS: tuple[str, ...] = tuple(k for k in SweepConfig.model_fields if not k.startswith("source_"))
@@ -678,7 +790,7 @@ _SECTIONS: dict[tuple[str, ...], tuple[str, ...]] = {
     ("mlflow",): tuple(MlflowConfig.model_fields),
     ("ray",): tuple(RayConfig.model_fields),
     ("packing",): tuple(PackingConfig.model_fields),
-    **{("scheduler", t): tuple(m.model_fields) for t, m in _SCHEDULERS.items()},
+    **{(section, t): tuple(m.model_fields) for section, models in _TAGGED.items() for t, m in models.items()},
 }
 _MISSING_FIX = {
     "name": "add e.g. name: my_sweep (it names the MLflow experiment and the output folder)",
@@ -700,6 +812,13 @@ _FIXES = {
     "scheduler.grace_period": "use a number of iterations such as 500",
     "scheduler.reduction_factor": "3 is the usual choice",
     "scheduler.max_t": "leave it out to use the largest iterations",
+    "scheduler.perturbation_interval": "use a multiple of train.eval_every, such as 2 x eval_every",
+    "scheduler.quantile_fraction": "0.25 replaces the bottom quarter with copies of the top quarter",
+    "scheduler.resample_probability": "0.25 redraws a quarter of the mutated values instead of scaling them",
+    "scheduler.burn_in_period": "use 0, or a number of iterations before the first perturbation",
+    "search_alg": "write e.g. search_alg: {type: optuna}, or leave it out for random/grid search",
+    "search_alg.seed": "use any non-negative integer, or leave it out to use the sweep's seed",
+    "search_alg.startup_trials": "use about a third of num_samples; Optuna's default is 10",
     "max_concurrent_trials": "use 1 or more, or leave it out to let the resources decide",
     "resources.cpu": "use 1 CPU per trial",
     "resources.gpu": "use 0 for CPU-only trials, or a fraction such as 0.5 to share a GPU",
@@ -708,6 +827,10 @@ _FIXES = {
     "time_budget_s": "use seconds such as 3600, or leave it out for no limit",
     "max_failures": "use 0 to fail fast, or 2 (the default)",
     "ray.address": "write e.g. auto or ray://host:10001, or leave it out to start Ray locally",
+}
+_TAG_FIXES = {
+    "scheduler": "type: fifo, type: asha for early stopping, or type: pbt for Population Based Training",
+    "search_alg": "type: random (grid and random search), or type: optuna for Bayesian search (TPE)",
 }
 _TYPES = {
     "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
@@ -722,24 +845,25 @@ _COMPARISONS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="),
 def _describe(error: Mapping[str, Any]) -> Problem:
     """One pydantic error as ``(dotted key, "rule, but got value; fix")``."""
     loc = [str(part) for part in error["loc"]]
-    tag = loc.pop(1) if len(loc) > 1 and loc[0] == "scheduler" and loc[1] in _SCHEDULERS else None
+    tagged = _TAGGED.get(loc[0], {}) if loc else {}
+    tag = loc.pop(1) if len(loc) > 1 and loc[1] in tagged else None
     key, kind, value, ctx = ".".join(loc), error["type"], error.get("input"), error.get("ctx") or {}
     fix = _FIXES.get(key, "see sweeps/basic.yaml for a working example")
     if kind == "extra_forbidden":
         parent = tuple(loc[:-1]) + ((tag,) if tag else ())
-        for other, model in _SCHEDULERS.items():
+        for other, model in tagged.items():
             if tag and other != tag and loc[-1] in model.model_fields:
                 return key, f"unknown key for type {tag}; {loc[-1]} needs type: {other}"
         return key, _unknown(loc[-1], _SECTIONS.get(parent, ()))
     if kind == "missing":
         return key, f"required key is missing; {_MISSING_FIX.get(key, 'add it')}"
     if kind == "union_tag_invalid":
-        tags = list(_SCHEDULERS)
+        tags = list(tagged)
         close = difflib.get_close_matches(str(ctx.get("tag")), tags, n=1)
-        hint = f"did you mean {close[0]!r}?" if close else "use fifo, or asha for early stopping"
+        hint = f"did you mean {close[0]!r}?" if close else _TAG_FIXES.get(loc[0], fix)
         return f"{key}.type", f"must be one of {', '.join(map(repr, tags))}, but got {ctx.get('tag')!r}; {hint}"
     if kind == "union_tag_not_found":
-        return f"{key}.type", "required key is missing; add type: fifo, or type: asha for early stopping"
+        return f"{key}.type", f"required key is missing; add {_TAG_FIXES.get(loc[0], 'type')}"
     if kind == "literal_error":
         allowed = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
         close = difflib.get_close_matches(str(value), allowed, n=1)
@@ -863,6 +987,18 @@ def _semantic_problems(cfg: SweepConfig, broken: set[str], check_corpus: bool) -
         elif asha.max_t is not None and asha.grace_period > asha.max_t:
             problems.append(("scheduler.max_t", f"must be >= grace_period, but got max_t={asha.max_t} < "
                                                 f"grace_period={asha.grace_period}; raise max_t or leave it out"))
+    if isinstance(cfg.search_alg, OptunaSearch) and "search_alg" not in broken:
+        for name, d in cfg.searched.items():
+            if d.is_grid and f"train.{name}" not in broken:
+                problems.append((f"train.{name}.grid_search",
+                                 "search_alg optuna draws every searched value itself and cannot run a grid, but got "
+                                 f"grid_search {list(d.values())}; write choice: {list(d.values())} instead, "
+                                 "or use search_alg: random"))
+        if isinstance(cfg.scheduler, PbtScheduler) and "scheduler" not in broken:
+            problems.append(("search_alg", "PBT makes its own trials from the population, so it cannot take search "
+                                           "alg optuna; use search_alg: random with scheduler pbt, or another scheduler"))
+    if isinstance(cfg.scheduler, PbtScheduler) and "scheduler" not in broken:
+        problems += _pbt_problems(cfg, cfg.scheduler, broken)
     if check_corpus and "data" not in broken:
         try:
             corpus = load_corpus(cfg.data.path, cfg.data.val_fraction)
@@ -881,6 +1017,33 @@ def _semantic_problems(cfg: SweepConfig, broken: set[str], check_corpus: bool) -
     if "storage" not in broken and cfg.storage and "://" not in cfg.storage:
         problems.append(_folder_problem("storage", Path(cfg.storage)))
     return [p for p in problems if p is not None]
+
+
+def _pbt_problems(cfg: SweepConfig, pbt: PbtScheduler, broken: set[str]) -> list[Problem]:
+    """PBT perturbs at reports, which come every eval_every iterations, and needs a population."""
+    problems: list[Problem] = []
+    if cfg.num_trials < 2 and not {"num_samples", "train"} & broken:
+        problems.append(("num_samples", f"PBT needs a population of at least 2 trials, but the sweep has "
+                                        f"{cfg.num_trials}; raise num_samples (4 or more is usual)"))
+    eval_every = cfg.train.get("eval_every", TrainConfig.eval_every)
+    if isinstance(eval_every, Domain):
+        problems.append(("train.eval_every", "must be fixed with scheduler pbt (trials are compared at the same "
+                                             f"iterations), but got {eval_every}; write one value"))
+    elif "train.eval_every" not in broken and pbt.perturbation_interval % eval_every:
+        problems.append(("scheduler.perturbation_interval",
+                         f"must be a multiple of train.eval_every={eval_every} (trials report and checkpoint "
+                         f"there), but got {pbt.perturbation_interval}; use e.g. {2 * eval_every}"))
+    if "train.iterations" not in broken and pbt.perturbation_interval + pbt.burn_in_period >= cfg.value_range(
+            "iterations")[0]:
+        problems.append(("scheduler.perturbation_interval",
+                         f"must leave room to perturb before the last iteration, but got perturbation_interval="
+                         f"{pbt.perturbation_interval} (+ burn_in_period {pbt.burn_in_period}) >= iterations="
+                         f"{cfg.value_range('iterations')[0]}; lower it or raise train.iterations"))
+    for name in pbt.mutations:
+        if isinstance(cfg.train.get(name), Domain) and cfg.train[name].is_grid:
+            problems.append((f"train.{name}.grid_search", f"{name} is mutated by PBT, so its starting values are "
+                                                          "drawn, not a grid; use choice or a range instead"))
+    return problems
 
 
 def load_sweep(path: str | os.PathLike, *, check_corpus: bool = True) -> SweepConfig:

@@ -35,7 +35,7 @@ import yaml
 
 from rnncore.config import FIELD_NAMES, FIELD_TYPES
 
-from .results import HISTORY_SCHEMA, HPARAMS, TRIALS_SCHEMA
+from .results import EXPLOITS_SCHEMA, HISTORY_SCHEMA, HPARAMS, TRIALS_SCHEMA
 
 __all__ = ["ReportError", "SweepResults", "load_results", "importance", "write_report", "main",
            "REPORT_DIR", "REPORT_FILE", "SWEEP_YAML_KEY"]
@@ -106,6 +106,7 @@ class SweepResults:
     mode: str
     planned: int | None  # trials the sweep file asks for (None if unknown)
     notes: list[str]  # caveats found while reading (shown in the report)
+    exploits: pd.DataFrame | None = None  # EXPLOITS_SCHEMA columns (PBT), None without exploits.parquet
 
     @property
     def name(self) -> str:
@@ -184,8 +185,14 @@ def load_results(output_dir: str | os.PathLike) -> SweepResults:
         notes.append("history.parquet is missing; no learning curves")
     for col in ("train_loss", "val_loss", "val_bpc", "best_val_loss", "chars_per_sec", "wall_s"):
         trials[col] = pd.to_numeric(trials[col], errors="coerce").astype(float)
-    for col in ("iteration", "train_loss", "val_loss", "val_bpc", "chars_per_sec", "elapsed_s"):
+    for col in ("iteration", "train_loss", "val_loss", "val_bpc", "chars_per_sec", "elapsed_s", "lr"):
         history[col] = pd.to_numeric(history[col], errors="coerce").astype(float)
+    exploits = None
+    if (output / "exploits.parquet").exists():
+        try:
+            exploits, _ = _read_table(output / "exploits.parquet", EXPLOITS_SCHEMA)
+        except Exception as e:  # noqa: BLE001
+            notes.append(f"exploits.parquet could not be read ({e}); no PBT section")
     for col in [f.name for f in TRIALS_SCHEMA if str(f.type) == "string"]:
         # pandas >= 3 reads text as its `str` dtype with NaN for nulls: keep plain objects and None instead
         trials[col] = pd.Series([v if isinstance(v, str) else None for v in trials[col]], index=trials.index,
@@ -216,7 +223,8 @@ def load_results(output_dir: str | os.PathLike) -> SweepResults:
     metric = sweep.get("metric") if sweep.get("metric") in METRICS else "val_loss"
     mode = sweep.get("mode") if sweep.get("mode") in ("min", "max") else "min"
     return SweepResults(output=output, trials=trials, history=history, sweep_text=text, sweep=sweep,
-                        searched=searched, metric=metric, mode=mode, planned=_planned(sweep, searched), notes=notes)
+                        searched=searched, metric=metric, mode=mode, planned=_planned(sweep, searched), notes=notes,
+                        exploits=exploits)
 
 
 # ------------------------------------------------------------------------------------ importance
@@ -663,7 +671,55 @@ def plot_files(res: SweepResults) -> list[str]:
     names = ["learning_curves.png", *(f"bpc_vs_{_safe(n)}.png" for n in res.searched)]
     if "hidden_size" in res.searched and "seq_length" in res.searched:
         names.append("heatmap_hidden_seq.png")
+    if _has_schedules(res):
+        names.append("lr_schedules.png")
     return names
+
+
+def _has_schedules(res: SweepResults) -> bool:
+    """True when some trial's learning rate changed while it trained (PBT)."""
+    lr = res.history.dropna(subset=["lr"])
+    return bool(len(lr)) and bool((lr.groupby("trial_id")["lr"].nunique() > 1).any())
+
+
+def plot_lr_schedules(res: SweepResults, path: Path) -> None:
+    """The learning rate in force against iteration, one line per trial (the top ones coloured by rank);
+    a dot where PBT copied another trial into it."""
+    fig, ax = _figure()
+    order = list(res.ranked()["trial_id"])
+    ids = order + sorted(set(res.history["trial_id"].dropna()) - set(order))
+    for rank, tid in enumerate(ids):
+        h = res.history[(res.history["trial_id"] == tid) & res.history["lr"].notna()].sort_values("iteration")
+        if h.empty:
+            continue
+        top = rank < 5 and tid in order
+        line, = ax.step(h["iteration"], h["lr"], where="pre", lw=2 if top else 1, alpha=1 if top else 0.5,
+                        label=f"{tid} (#{rank + 1})" if top else None, color=None if top else "0.6")
+        if res.exploits is not None:  # at the iteration of the copy, at the learning rate it set
+            for at in res.exploits.loc[res.exploits["trial_id"] == tid, "iteration"]:
+                after = h[h["iteration"] > at]
+                if len(after):
+                    ax.plot([at], [after["lr"].iloc[0]], "o", color=line.get_color(), ms=5)
+    ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("learning rate in force")
+    ax.set_title(f"{res.name}: learning-rate schedules found by PBT (dots: copied a better trial)", fontsize=11)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, title="ranked trials", title_fontsize=8)
+    _save(fig, path)
+
+
+def _exploits_md(res: SweepResults) -> str:
+    e = res.exploits
+    lines = [f"PBT copied a better trial into a worse one {len(e)} times: the worse one went on from the better "
+             "one's checkpoint with mutated hyperparameters. The history table's `lr` column holds every trial's "
+             "learning rate by iteration, `exploited_from` marks the first report after a copy.", ""]
+    rows = [[r["trial_id"], _fmt_int(r["iteration"]), r["source_trial_id"], _fmt_text(r["changes"])]
+            for _, r in e.sort_values(["iteration", "trial_id"]).head(50).iterrows()]
+    lines.append(_table(["trial", "at iteration", "copied", "changes"], rows, right=[False, True, False, False]))
+    if len(e) > 50:
+        lines += ["", f"(first 50 of {len(e)}; all of them are in exploits.parquet)"]
+    return "\n".join(lines)
 
 
 def _safe(name: str) -> str:
@@ -790,6 +846,9 @@ def render_markdown(res: SweepResults, plots: list[str], *, parent_run: str | No
         else:
             md.append("No sample was recorded.")
 
+    if res.exploits is not None and len(res.exploits):
+        md += ["", "## Population Based Training", "", _exploits_md(res)]
+
     md += ["", "## Hyperparameter importance", "", _importance_md(res, importance(res))]
 
     md += ["", "## Plots", ""]
@@ -797,6 +856,8 @@ def render_markdown(res: SweepResults, plots: list[str], *, parent_run: str | No
         "learning_curves.png": "validation loss (nats/char, bits/char on the right axis) against iteration "
                                "for the top trials; dashed lines did not finish",
         "heatmap_hidden_seq.png": "best final validation bits/char for each hidden_size x seq_length",
+        "lr_schedules.png": "the learning rate in force against iteration for every trial (PBT's schedules); "
+                            "dots: the trial went on from a better trial's checkpoint",
     }
     for p in plots:
         cap = captions.get(p) or (f"final validation bits/char against {p[len('bpc_vs_'):-4]}; hollow markers: "
@@ -859,7 +920,8 @@ def write_report(output_dir: str | os.PathLike, *, tracking_uri: str | None = No
     res = load_results(output_dir)
     out = res.output / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
-    for old in [*out.glob("bpc_vs_*.png"), out / "learning_curves.png", out / "heatmap_hidden_seq.png"]:
+    for old in [*out.glob("bpc_vs_*.png"), out / "learning_curves.png", out / "heatmap_hidden_seq.png",
+                out / "lr_schedules.png"]:
         if old.exists():  # plots of an earlier report that this one may not redraw
             old.unlink()
 
@@ -883,6 +945,8 @@ def write_report(output_dir: str | os.PathLike, *, tracking_uri: str | None = No
         plot_bpc_vs(res, name, out / f"bpc_vs_{_safe(name)}.png")
     if "heatmap_hidden_seq.png" in plots:
         plot_heatmap(res, out / "heatmap_hidden_seq.png")
+    if "lr_schedules.png" in plots:
+        plot_lr_schedules(res, out / "lr_schedules.png")
     text = render_markdown(res, plots, parent_run=parent, uri=uri)
     fd, tmp = tempfile.mkstemp(dir=out, prefix=".report.", suffix=".md")
     with os.fdopen(fd, "w", encoding="utf-8") as f:

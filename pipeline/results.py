@@ -32,12 +32,17 @@ TRIALS_SCHEMA = pa.schema(
     + [("target_iterations", pa.int64()), ("iterations", pa.int64()), ("train_loss", pa.float64()),
        ("val_loss", pa.float64()), ("val_bpc", pa.float64()), ("best_val_loss", pa.float64()),
        ("chars_per_sec", pa.float64()), ("wall_s", pa.float64()), ("node", pa.string()),
-       ("sample", pa.string()), ("error", pa.string())]
+       ("sample", pa.string()), ("error", pa.string()), ("final_lr", pa.float64()), ("exploits", pa.int64())]
 )
 HISTORY_SCHEMA = pa.schema(
     [("trial_id", pa.string()), ("iteration", pa.int64()), ("train_loss", pa.float64()),
      ("val_loss", pa.float64()), ("val_bpc", pa.float64()), ("chars_per_sec", pa.float64()),
-     ("elapsed_s", pa.float64())]
+     ("elapsed_s", pa.float64()), ("lr", pa.float64()), ("exploited_from", pa.string())]
+)
+# PBT only: one row each time a trial went on from another trial's checkpoint with mutated hyperparameters
+EXPLOITS_SCHEMA = pa.schema(
+    [("trial_id", pa.string()), ("iteration", pa.int64()), ("source_trial_id", pa.string()),
+     ("changes", pa.string())]
 )
 STATUSES = ("finished", "stopped", "diverged", "failed", "running", "interrupted")
 
@@ -59,6 +64,7 @@ class ResultsTable:
         self.output = Path(output)
         self.trials: dict[str, dict[str, Any]] = {}
         self.history: dict[tuple[str, int], dict[str, Any]] = {}
+        self.exploits: list[dict[str, Any]] = []
         self.meta = {b"rnnsweep.sweep_yaml": sweep_text.encode(),
                      b"rnnsweep.versions": json.dumps(versions()).encode()}
 
@@ -71,13 +77,17 @@ class ResultsTable:
         return self.output / "history.parquet"
 
     @property
+    def exploits_path(self) -> Path:
+        return self.output / "exploits.parquet"
+
+    @property
     def journal_path(self) -> Path:
         return self.output / ".history.jsonl"
 
     def load_existing(self) -> None:
         """Pick up the rows of an interrupted sweep (for --resume), and drop the temp file of a write that a
         kill cut short (the table it was to replace is intact)."""
-        for path in (self.trials_path, self.history_path):
+        for path in (self.trials_path, self.history_path, self.exploits_path):
             for tmp in self.output.glob(f".{path.name}.*.tmp"):
                 tmp.unlink(missing_ok=True)
         if self.trials_path.exists():
@@ -86,7 +96,9 @@ class ResultsTable:
         if self.history_path.exists():
             for row in pq.read_table(self.history_path).to_pylist():
                 self.history[(row["trial_id"], row["iteration"])] = row
-        if self.journal_path.exists():  # reports that arrived after the last write
+        if self.exploits_path.exists():
+            self.exploits = pq.read_table(self.exploits_path).to_pylist()
+        if self.journal_path.exists():  # reports (and PBT branches) that arrived after the last write, in order
             names = set(HISTORY_SCHEMA.names)
             for line in self.journal_path.read_text(encoding="utf-8", errors="replace").splitlines():
                 try:
@@ -94,19 +106,46 @@ class ResultsTable:
                     key = (str(row["trial_id"]), int(row["iteration"]))
                 except (ValueError, KeyError, TypeError):  # a line cut short by the kill
                     continue
+                if isinstance(row.get("branch"), int):  # the first report of a PBT branch
+                    self._branch(key[0], row["branch"])
+                if isinstance(row.get("exploit"), dict):
+                    self._add_exploit(row["exploit"])
                 self.history.setdefault(key, {k: v for k, v in row.items() if k in names})
 
-    def add_report(self, trial_id: str, row: Mapping[str, Any]) -> bool:
+    def add_report(self, trial_id: str, row: Mapping[str, Any], *, exploit: Mapping[str, Any] | None = None,
+                   branch: int | None = None) -> bool:
         """One history row, also appended to the journal. A report already recorded for this trial and
-        iteration (repeated after a restart or a resume) is ignored: returns False."""
+        iteration (repeated after a restart or a resume) is ignored: returns False.
+
+        PBT: `branch` c says this is the first report of a run of the trial that started at iteration c, so
+        its rows after c (and clones from c on) belonged to a branch that is gone and are dropped first;
+        `exploit` (an EXPLOITS_SCHEMA row) says that run is a clone of another trial. Report, branch and
+        exploit share one journal line, so a kill keeps all or none."""
+        journal: dict[str, Any] = {}
+        if branch is not None:
+            self._branch(trial_id, branch)
+            journal["branch"] = branch
+        if exploit is not None:
+            exploit = {k: exploit.get(k) for k in EXPLOITS_SCHEMA.names}
+            self._add_exploit(exploit)
+            journal["exploit"] = exploit
         key = (trial_id, int(row["iteration"]))
         if key in self.history:
             return False
         self.history[key] = {"trial_id": trial_id, **row}
         self.output.mkdir(parents=True, exist_ok=True)
         with open(self.journal_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(self.history[key]) + "\n")
+            f.write(json.dumps({**self.history[key], **journal}) + "\n")
         return True
+
+    def _branch(self, trial_id: str, start: int) -> None:
+        for key in [k for k in self.history if k[0] == trial_id and k[1] > start]:
+            del self.history[key]
+        self.exploits = [e for e in self.exploits if e["trial_id"] != trial_id or e["iteration"] < start]
+
+    def _add_exploit(self, row: Mapping[str, Any]) -> None:
+        if row not in self.exploits:  # a report repeated after a restart
+            self.exploits.append(dict(row))
 
     def set_trial(self, trial_id: str, row: Mapping[str, Any]) -> None:
         self.trials[trial_id] = {**self.trials.get(trial_id, {}), "trial_id": trial_id, **row}
@@ -120,6 +159,8 @@ class ResultsTable:
         history = [self.history[k] for k in sorted(self.history)]
         _write_atomic(_table(trials, TRIALS_SCHEMA, self.meta), self.trials_path)
         _write_atomic(_table(history, HISTORY_SCHEMA, self.meta), self.history_path)
+        if self.exploits:
+            _write_atomic(_table(self.exploits, EXPLOITS_SCHEMA, self.meta), self.exploits_path)
         try:  # everything in the journal is in history.parquet now
             self.journal_path.unlink()
         except FileNotFoundError:

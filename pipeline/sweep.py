@@ -40,7 +40,7 @@ def sweep_id(cfg: SweepConfig) -> str:
 
 
 def run_sweep(cfg: SweepConfig, *, address: str | None, resume: bool) -> int:
-    from .tracking import Tracker, check_server, resolve_uri, ui_command  # imports no MLflow: cheap
+    from .tracking import StoreWarmup, Tracker, check_server, resolve_uri, ui_command  # imports no MLflow: cheap
 
     output = cfg.output.resolve()
     tune_dir = (cfg.storage.rstrip("/") + "/" + cfg.name) if cfg.storage else str(output / "tune")
@@ -63,10 +63,24 @@ def run_sweep(cfg: SweepConfig, *, address: str | None, resume: bool) -> int:
     from .trainable import train_trial
 
     corpus = load_corpus(cfg.data.path, cfg.data.val_fraction)
-    _start_ray(address)
+    # MLflow's import and a new store's tables (seconds of CPU) in a thread while ray.init waits for Ray's
+    # processes; the store is put in place only once the checks below have passed
+    warmup = StoreWarmup(uri)
+    try:
+        _start_ray(address)
+    except BaseException:
+        warmup.discard()
+        raise
+    # Python's final garbage collection walks every object of Ray, MLflow, pandas and matplotlib (~2 s at
+    # exit, after the work is done); frozen objects are skipped, and the OS frees the memory anyway
+    import atexit
+    import gc
+
+    atexit.register(gc.freeze)
     tracker = callback = None
     try:
         _check_resources(cfg, local=not address)
+        warmup.install()
         tracker = Tracker(uri=uri, experiment=cfg.mlflow.experiment, sweep_id=sweep_id(cfg))
         parent = tracker.start_sweep(name=cfg.name, sweep_text=cfg.source_text, resume=resume,
                                      params={"sweep_file": str(cfg.source_path), "num_trials": cfg.num_trials,
@@ -121,9 +135,15 @@ def run_sweep(cfg: SweepConfig, *, address: str | None, resume: bool) -> int:
                              files=[str(table.trials_path), str(table.history_path)])
         _print_summary(cfg, table, best, ui_command(uri), parent)
         if table.trials and not interrupted:  # an interrupted sweep gets its report when --resume finishes it
+            from concurrent.futures import ThreadPoolExecutor
+
             from .report import write_report
 
-            print(f"report:  {write_report(output, tracking_uri=uri) / 'report.md'}")
+            # drawn while Ray shuts down (which mostly waits for its processes to exit): seconds off the end
+            with ThreadPoolExecutor(1, thread_name_prefix="report") as pool:
+                report = pool.submit(write_report, output, tracking_uri=uri)
+                ray.shutdown()
+                print(f"report:  {report.result() / 'report.md'}")
         if interrupted:
             print(f"\ninterrupted: finish with  python -m pipeline.sweep {cfg.source_path} --resume",
                   file=sys.stderr)
@@ -137,6 +157,7 @@ def run_sweep(cfg: SweepConfig, *, address: str | None, resume: bool) -> int:
             tracker.finish_sweep(status="KILLED", best=None, files=[])
         raise
     finally:
+        warmup.discard()
         ray.shutdown()
 
 
@@ -155,12 +176,16 @@ def _is_loopback(address: str | None) -> bool:
 def _start_ray(address: str | None) -> None:
     import ray
 
-    common = dict(log_to_driver=False, logging_level=logging.ERROR, configure_logging=True,
-                  runtime_env={"env_vars": BLAS_ENV})
+    common = dict(log_to_driver=False, logging_level=logging.ERROR, configure_logging=True)
     if not address:
+        # The local Ray's processes inherit this environment, so one BLAS thread per trial needs no
+        # runtime_env: with one, the workers Ray prestarts at init (one per CPU) do not match the job's
+        # runtime env, and every trial waits for a new worker process (~1.5 s, and the CPU of two more).
+        os.environ.update(BLAS_ENV)
         # "local": a new instance even when a `ray start` cluster runs on this machine
         ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, **common)
         return
+    common["runtime_env"] = {"env_vars": BLAS_ENV}  # a cluster's nodes were started with their own environment
     if address != "auto":  # Ray itself retries an unreachable address for minutes: probe it first
         try:
             with socket.create_connection(_host_port(address), timeout=5):
@@ -203,24 +228,19 @@ def _param_space(cfg: SweepConfig, packs: list | None = None) -> dict[str, Any]:
         from ray import tune
 
         return {"pack": tune.grid_search(list(range(len(packs))))}
-    return {name: d.to_tune() for name, d in cfg.searched.items()}
+    return cfg.tune_space()
 
 
 def _tune_config(cfg: SweepConfig, packs: list | None = None):
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import BasicVariantGenerator
 
-    if cfg.scheduler.type == "asha":
-        scheduler = ASHAScheduler(time_attr="iteration", max_t=cfg.scheduler.max_t,
-                                  grace_period=cfg.scheduler.grace_period,
-                                  reduction_factor=cfg.scheduler.reduction_factor)
-    else:
-        scheduler = FIFOScheduler()
-    # Tune ignores max_concurrent_trials when given a search_alg (a warning we silence): the generator holds it
-    return tune.TuneConfig(metric=cfg.metric, mode=cfg.mode, scheduler=scheduler,
-                           search_alg=BasicVariantGenerator(random_state=cfg.seed,
-                                                            max_concurrent=cfg.max_concurrent_trials or 0),
+    from . import search
+
+    for note in cfg.notes():
+        print(f"note: {note}", file=sys.stderr, flush=True)
+    # Tune ignores max_concurrent_trials when given a search_alg (a warning we silence): the search alg holds it
+    return tune.TuneConfig(metric=cfg.metric, mode=cfg.mode, scheduler=search.scheduler(cfg),
+                           search_alg=search.search_alg(cfg),
                            num_samples=1 if packs is not None else cfg.num_samples,
                            max_concurrent_trials=cfg.max_concurrent_trials,
                            time_budget_s=cfg.time_budget_s, reuse_actors=True)
@@ -249,6 +269,8 @@ def _run_config(cfg: SweepConfig, callback, tune_dir: str):
     from ray import tune
     from ray.tune.progress_reporter import ProgressReporter
 
+    from .search import checkpoints_to_keep
+
     class Silent(_Silent, ProgressReporter):
         pass
 
@@ -256,7 +278,7 @@ def _run_config(cfg: SweepConfig, callback, tune_dir: str):
     return tune.RunConfig(name=name, storage_path=storage, callbacks=[callback], verbose=0,
                           progress_reporter=Silent(),
                           failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-                          checkpoint_config=tune.CheckpointConfig(num_to_keep=2))
+                          checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoints_to_keep(cfg)))
 
 
 # ------------------------------------------------------------------------------------------ reporting

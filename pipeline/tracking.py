@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import socket
+import tempfile
+import threading
 import time
 import urllib.request
 from typing import Any, Mapping
@@ -18,6 +21,8 @@ TRIAL_TAG = "trial_id"
 # With a tracking server, MLflow prints two "View run/experiment at: URL" lines per ended run; the driver's
 # progress line and summary (which names the server) replace them.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+# Nor progress bars for artifact transfers (shown once tqdm is installed): a few small files each
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 class TrackingError(RuntimeError):
@@ -54,6 +59,74 @@ def ui_command(uri: str) -> str:
     if uri.startswith(("http://", "https://")):
         return f"open {uri}"
     return f"mlflow ui --backend-store-uri {uri}"
+
+
+class StoreWarmup:
+    """MLflow's import (~2 s) and, for a local sqlite store that does not exist yet, its tables (~3 s of
+    migrations) prepared in a background thread while the driver starts Ray.
+
+    The tables are built in a private temp folder and copied where the URI points only by install(), after
+    the sweep's checks passed: bad input still leaves no store behind (discard() removes the temp folder).
+    Best effort: if anything goes wrong here, the Tracker creates the store in place, as it would anyway."""
+
+    def __init__(self, uri: str):
+        self._db = _new_sqlite_path(uri)
+        self._tmp: str | None = None
+        self._built: str | None = None
+        self._cancel = threading.Event()
+        self._thread = threading.Thread(target=self._prepare, name="mlflow-warmup", daemon=True)
+        self._thread.start()
+
+    def _prepare(self) -> None:
+        try:
+            from mlflow.tracking import MlflowClient
+
+            if self._db is None or self._cancel.is_set():
+                return
+            self._tmp = tempfile.mkdtemp(prefix="rnnsweep-mlflow-")
+            path = os.path.join(self._tmp, "mlflow.db")
+            # the same tables and default experiment MLflow would create in place (its artifact root is
+            # resolved against this process's working directory, not the database's folder)
+            MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments(max_results=1)
+            self._built = path
+        except Exception:  # noqa: BLE001 - best effort, see the class docstring
+            self._built = None
+
+    def install(self) -> None:
+        """Wait for the thread, then put the prepared store in place unless one exists there by now."""
+        self._thread.join()
+        if self._built and self._db and not os.path.exists(self._db):
+            tmp = f"{self._db}.{os.getpid()}.tmp"
+            try:
+                shutil.copyfile(self._built, tmp)
+                os.link(tmp, self._db)  # atomic, and never replaces a store another driver created meanwhile
+            except OSError:  # a missing folder, a filesystem without hard links: MLflow creates it in place
+                pass
+            finally:
+                try:
+                    os.unlink(tmp)
+                except FileNotFoundError:
+                    pass
+        self.discard()
+
+    def discard(self) -> None:
+        """Drop the prepared store (idempotent): the sweep stopped before it needed one, or install() ran."""
+        self._cancel.set()
+        self._thread.join()
+        if self._tmp:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = self._built = None
+
+
+def _new_sqlite_path(uri: str) -> str | None:
+    """The file of a plain local sqlite URI whose store does not exist yet; None for anything else."""
+    if not uri.startswith("sqlite:///") or "?" in uri:
+        return None
+    path = uri[len("sqlite:///"):]
+    if not path or path == ":memory:":
+        return None
+    path = os.path.abspath(path)
+    return None if os.path.exists(path) else path
 
 
 class Tracker:
@@ -151,6 +224,19 @@ class Tracker:
         if run_id in self.last_step:
             self.last_step[run_id] = step
         return True
+
+    def delete_tags(self, run_id: str, keys: list[str]) -> None:
+        for key in keys:
+            try:
+                self.client.delete_tag(run_id, key)
+            except Exception:  # noqa: BLE001 - a tag that was never set (a kill came in between)
+                pass
+
+    def rewind(self, run_id: str, step: int) -> None:
+        """The run goes on from an earlier step on a new branch (PBT cloned another trial's state into it):
+        steps after `step` are logged again, next to the old branch's values."""
+        if run_id in self.last_step:
+            self.last_step[run_id] = min(self.last_step[run_id], step)
 
     def log_text(self, run_id: str, text: str, path: str) -> None:
         self.client.log_text(run_id, text, path)

@@ -16,8 +16,10 @@ import json
 import math
 import os
 import posixpath
+import re
 import shutil
 import tempfile
+import uuid
 from typing import Any
 
 import numpy as np
@@ -35,9 +37,19 @@ REPORT_FILE = "report.json"
 TEST_PIDFILE_ENV = "RNNSWEEP_TEST_PIDFILE_DIR"
 
 
-def trial_index(trial_id: str) -> int:
-    """Tune names trials <experiment-hash>_<00000>; the suffix counts trials in generation order."""
-    return int(trial_id.rsplit("_", 1)[-1])
+def trial_index(trial_id: str, dirname: str = "") -> int:
+    """A trial's position in generation order, from 0.
+
+    Tune's default search names trials <experiment-hash>_<00000>: the suffix counts them. Other search
+    algorithms (Optuna) give random ids; the trial's folder, <trainable>_<id>_<n>_<values>_<date>, then holds
+    its position n, counted from 1."""
+    head, _, tail = trial_id.rpartition("_")
+    if head and tail.isdigit():
+        return int(tail)
+    found = re.search(rf"_{re.escape(trial_id)}_(\d+)", os.path.basename(dirname.rstrip("/")))
+    if found is None:
+        raise ValueError(f"cannot tell the position of trial {trial_id} from its folder {dirname!r}")
+    return int(found.group(1)) - 1
 
 
 def trial_seed(sweep_seed: int, index: int) -> int:
@@ -59,22 +71,27 @@ def train_trial(config: dict[str, Any], *, corpus: Corpus, base: dict[str, Any],
                 derive_seed: bool) -> None:
     """One trial. `corpus` arrives once through Ray's object store; `base` holds the fixed options."""
     ctx = tune.get_context()
-    index = trial_index(ctx.get_trial_id())
+    index = trial_index(ctx.get_trial_id(), ctx.get_trial_dir())
     seed = trial_seed(sweep_seed, index)
     cfg = train_config(base, config, seed, derive_seed=derive_seed)
-    state, report, newer = None, {}, None
+    state, report, newer, exploit = None, {}, None, None
     with tempfile.TemporaryDirectory() as keep:
         restored = tune.get_checkpoint()
         if restored is not None:
             with restored.as_directory() as d:
-                state = ckpt.load(os.path.join(d, CHECKPOINT_FILE)).state
-                report = _read_report(d)
-        newer = _newer_checkpoint(ctx, restored, cfg, state.iteration if state else 0, keep)
+                loaded = ckpt.load(os.path.join(d, CHECKPOINT_FILE))
+                state, report = loaded.state, _read_report(d)
+            exploit = _exploit(report, loaded.cfg, cfg, index)
+        if exploit is None:  # (a trial PBT just cloned goes on from the clone: its own folder is an old branch)
+            newer = _newer_checkpoint(ctx, restored, cfg, state.iteration if state else 0, keep)
         if newer is not None:
             state, report = newer
         trainer = Trainer(cfg, corpus, state)
-        _note_start(index, trainer.state.iteration)
-        if newer is not None:
+        start, run_token = trainer.state.iteration, uuid.uuid4().hex[:12]
+        _note_start(index, start)
+        if newer is not None:  # sent again as a report of this start (not of the one that first sent it)
+            report = {**{k: v for k, v in report.items() if k != "exploit"}, "start_iteration": start,
+                      "run_token": run_token}
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(keep))
     if report.get("diverged"):  # it ended there: training a non-finite state on would only add a report
         return
@@ -95,12 +112,28 @@ def train_trial(config: dict[str, Any], *, corpus: Corpus, base: dict[str, Any],
             "trial_index": index,
             "trial_seed": cfg.seed,
             "target_iterations": cfg.iterations,
+            "lr": cfg.learning_rate,
+            "start_iteration": start,  # where this run of the trial took over (a PBT branch starts there)
+            "run_token": run_token,  # which run: a restart from the same iteration is another run
         }
+        if exploit is not None:  # the first report after PBT cloned another trial into this one says so
+            metrics["exploit"], exploit = exploit, None
         with tempfile.TemporaryDirectory() as d:
             ckpt.save(os.path.join(d, CHECKPOINT_FILE), cfg, corpus.vocab, trainer.state)
             with open(os.path.join(d, REPORT_FILE), "w", encoding="utf-8") as f:
                 json.dump(metrics, f)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def _exploit(report: dict[str, Any], source_cfg: TrainConfig, cfg: TrainConfig, index: int) -> dict[str, Any] | None:
+    """Tune restored this trial from another trial's checkpoint (PBT's exploit step): where it came from and
+    what changed, e.g. {"source": 3, "iteration": 500, "changes": {"learning_rate": [0.05, 0.06]}}; else None."""
+    source = report.get("trial_index")
+    if source is None or int(source) == index:
+        return None
+    old, new = source_cfg.to_dict(), cfg.to_dict()
+    changes = {k: [old[k], new[k]] for k in new if k != "seed" and old[k] != new[k]}
+    return {"source": int(source), "iteration": int(report.get("iteration", 0)), "changes": changes}
 
 
 def _read_report(folder: str) -> dict[str, Any]:
@@ -236,7 +269,7 @@ def train_pack(config: dict[str, Any], *, corpus: Corpus, base: dict[str, Any], 
                         **_losses(st.smooth_loss, v),
                         "chars_per_sec": ran * c0.seq_length * c0.batch_size / max(dt, 1e-9),
                         "elapsed_s": time.perf_counter() - t_start, "diverged": diverged, "sample": text,
-                        "trial_seed": cfgs[k].seed, "ended": diverged or done})
+                        "trial_seed": cfgs[k].seed, "ended": diverged or done, "lr": cfgs[k].learning_rate})
             if diverged or done:
                 ended.add(k)
         vals = [m["val_loss"] for m in out if not m["diverged"]]

@@ -113,7 +113,7 @@ BAD_CASES: list[tuple[str, Callable[[dict], dict] | str, Callable[[Path], None] 
     ("asha-key-under-fifo", edit(scheduler={"type": "fifo", "grace_period": 10}), None,
      ["scheduler.grace_period: unknown key for type fifo; grace_period needs type: asha"]),
     ("unknown-scheduler-type", edit(scheduler={"type": "ashe"}), None,
-     ["scheduler.type: must be one of 'fifo', 'asha', but got 'ashe'; did you mean 'asha'?"]),
+     ["scheduler.type: must be one of 'fifo', 'asha', 'pbt', but got 'ashe'; did you mean 'asha'?"]),
     ("unknown-data-key", edit(data__val_frac=0.2), None, ["data.val_frac: unknown key; did you mean 'val_fraction'?"]),
     ("unknown-resources-key", edit(resources={"gpus": 1}), None, ["resources.gpus: unknown key; did you mean 'gpu'?"]),
     ("gpu-device-without-gpu-share", edit(train__device="gpu"), None,

@@ -86,7 +86,8 @@ TRIALS_TYPES = {
     "train_loss": pa.float64(),
     "node": pa.string(), "sample": pa.string(), "error": pa.string(),
 }
-HISTORY_COLUMNS = ["trial_id", "iteration", "train_loss", "val_loss", "val_bpc", "chars_per_sec", "elapsed_s"]
+HISTORY_COLUMNS = ["trial_id", "iteration", "train_loss", "val_loss", "val_bpc", "chars_per_sec", "elapsed_s", "lr",
+                   "exploited_from"]
 MLFLOW_METRICS = ("train_loss", "val_loss", "val_bpc", "chars_per_sec")
 
 
@@ -226,8 +227,9 @@ def test_history_table_has_one_row_per_report(e2e: SweepRun) -> None:
     schema = pq.read_schema(e2e.output / "history.parquet")
     assert schema.names == HISTORY_COLUMNS
     assert schema.field("trial_id").type == pa.string() and schema.field("iteration").type == pa.int64()
-    for name in HISTORY_COLUMNS[2:]:
+    for name in HISTORY_COLUMNS[2:-1]:
         assert schema.field(name).type == pa.float64(), name
+    assert schema.field("exploited_from").type == pa.string()
 
     h, t = e2e.history(), e2e.trials()
     assert set(h["trial_id"]) == set(t["trial_id"])
@@ -243,6 +245,8 @@ def test_history_table_has_one_row_per_report(e2e: SweepRun) -> None:
         assert rows["val_loss"].min() == row["best_val_loss"]
         assert rows["elapsed_s"].is_monotonic_increasing
         assert (rows["chars_per_sec"] > 0).all()
+        assert (rows["lr"] == row["learning_rate"]).all() and row["final_lr"] == row["learning_rate"]
+        assert rows["exploited_from"].isna().all() and row["exploits"] == 0
 
 
 @pytest.mark.slow
