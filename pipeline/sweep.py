@@ -86,7 +86,7 @@ def run_sweep(cfg: SweepConfig, *, address: str | None, resume: bool) -> int:
                                      params={"sweep_file": str(cfg.source_path), "num_trials": cfg.num_trials,
                                              "corpus": str(cfg.data.path), "corpus_sha256": corpus.sha256,
                                              "seed": cfg.seed, "metric": cfg.metric, "mode": cfg.mode,
-                                             "scheduler": cfg.scheduler.type})
+                                             "scheduler": cfg.scheduler.type, "search_alg": cfg.search_alg.type})
         table = ResultsTable(output, sweep_text=cfg.source_text)
         if resume:
             table.load_existing()
