@@ -2,7 +2,7 @@
 (2) Population Based Training vs a fixed-learning-rate ASHA sweep of about equal compute; each over several
 seeds, every sweep run through `python -m pipeline.sweep` on tinyshakespeare.
 
-    .venv/bin/python bench/search.py [--seeds 3] [--budget 16] [--quick]
+    .venv/bin/python bench/search.py [--seeds 5] [--budget 16] [--quick]
 
 Prints, per method, the best val_loss (nats/char) reached after the first n trials (in the order the
 search proposed them) averaged over the seeds, the per-seed values, and the iterations trained. Numbers
@@ -92,18 +92,18 @@ def search_sweeps(seeds: list[int], budget: int, startup: int) -> list[str]:
 
 
 def pbt_sweeps(seeds: list[int], iterations: int) -> list[str]:
-    results: dict[str, list[tuple[float, int]]] = {"PBT (4 trials)": [], "ASHA, fixed lr (8 trials)": []}
+    results: dict[str, list[tuple[float, int]]] = {"PBT (4 trials)": [], "ASHA, fixed lr (6 trials)": []}
     for seed in seeds:
         pbt = dict(train={**PBT_TRAIN, "iterations": iterations}, num_samples=4, max_concurrent_trials=4,
                    resources={"cpu": 0.5, "gpu": 0},
                    scheduler={"type": "pbt", "perturbation_interval": 2 * PBT_TRAIN["eval_every"],
                               "mutations": {"learning_rate": {"loguniform": [0.001, 1.0]}},
                               "quantile_fraction": 0.5, "resample_probability": 0.25})
-        # ASHA with reduction factor 2 from a quarter of the iterations: 8 trials train about 4 x iterations
-        asha = dict(train={**PBT_TRAIN, "iterations": iterations}, num_samples=8, max_concurrent_trials=4,
+        # ASHA with reduction factor 2 from a quarter of the iterations: 6 trials train about 4 x iterations
+        asha = dict(train={**PBT_TRAIN, "iterations": iterations}, num_samples=6, max_concurrent_trials=4,
                     resources={"cpu": 0.5, "gpu": 0},
                     scheduler={"type": "asha", "grace_period": iterations // 4, "reduction_factor": 2})
-        for method, keys in (("PBT (4 trials)", pbt), ("ASHA, fixed lr (8 trials)", asha)):
+        for method, keys in (("PBT (4 trials)", pbt), ("ASHA, fixed lr (6 trials)", asha)):
             with tempfile.TemporaryDirectory(prefix="bp") as d:
                 trials, _, wall = run(sweep_file(Path(d), "bench-pbt", seed, **keys))
             ok = trials[trials["status"].isin(["finished", "stopped"])]
@@ -120,7 +120,7 @@ def pbt_sweeps(seeds: list[int], iterations: int) -> list[str]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--budget", type=int, default=16, help="trials per random/TPE sweep")
     p.add_argument("--startup", type=int, default=4, help="TPE's random start-up trials")
     p.add_argument("--pbt-iterations", type=int, default=1600, help="iterations per PBT trial")
