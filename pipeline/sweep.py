@@ -289,7 +289,7 @@ def _print_summary(cfg: SweepConfig, table, best, ui: str, parent: str) -> None:
 
     rows = [r for r in table.trials.values() if _finite(r.get(cfg.metric))]
     rows.sort(key=lambda r: r[cfg.metric], reverse=cfg.mode == "max")
-    names = list(cfg.searched)
+    names = list(cfg.searched) + (["final_lr"] if cfg.scheduler.type == "pbt" else [])  # PBT: the lr it ended with
     print(f"\nleaderboard (top {min(10, len(rows))} of {len(table.trials)} by {cfg.metric}):")
     head = ["trial", "status", *names, "val_loss", "val_bpc", "chars/s", "mlflow run"]
     body = [[r["trial_id"], r["status"], *[_fmt(r.get(n)) for n in names], _fmt(r.get("val_loss")),
