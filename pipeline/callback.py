@@ -129,7 +129,7 @@ class SweepCallback(tune.Callback):
         if token in self.runs_seen.get(key, []):
             return STALE
         self.runs_seen.setdefault(key, []).append(token)
-        mine = [e for e in self.table.exploits if e["trial_id"] == key]
+        mine = self.table.exploits_of(key)
         kept = sum(1 for e in mine if e["iteration"] < start)
         if kept < len(mine):  # clones of a branch that is gone
             self.tracker.delete_tags(run, [f"pbt.exploit.{n:03d}" for n in range(kept + 1, len(mine) + 1)])
@@ -143,13 +143,13 @@ class SweepCallback(tune.Callback):
         source, at = trial_key(int(exploit["source"])), int(exploit["iteration"])
         changes = ", ".join(f"{k} {_fmt(a)} -> {_fmt(b)}" for k, (a, b) in exploit.get("changes", {}).items())
         row = {"trial_id": key, "iteration": at, "source_trial_id": source, "changes": changes}
-        mine = [e for e in self.table.exploits if e["trial_id"] == key and (branch is None or e["iteration"] < branch)]
+        mine = [e for e in self.table.exploits_of(key) if branch is None or e["iteration"] < branch]
         if row in mine:
             return None
         n = len(mine) + 1
+        # (the clone's run starts at `at`: _branch has rewound the MLflow steps already)
         self.tracker.set_tags(run, {f"pbt.exploit.{n:03d}": f"iteration {at}: cloned {source}; {changes or 'no change'}",
                                     "pbt.exploits": n})
-        self.tracker.rewind(run, at)
         print(f"{key}: PBT copied {source} at iteration {at}; {changes or 'no change'}", flush=True)
         return row
 
@@ -234,7 +234,7 @@ class SweepCallback(tune.Callback):
             "wall_s": float(last.get("time_total_s", last.get("elapsed_s", 0.0))), "node": last.get("node"),
             "sample": last.get("sample") or None, "error": error or None,
             "final_lr": lrs[-1] if lrs else None,
-            "exploits": sum(1 for e in self.table.exploits if e["trial_id"] == key)})
+            "exploits": len(self.table.exploits_of(key))})
         self.table.write()
         self._progress(None, force=True)
 

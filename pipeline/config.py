@@ -695,10 +695,6 @@ class SweepConfig(_Section):
         """The fixed values on top of the engine defaults; searched options keep their default."""
         return TrainConfig(**self.fixed)
 
-    def param_space(self) -> dict[str, Any]:
-        """Ray Tune's ``param_space``: fixed values as is, searched ones as Tune domains (imports Ray)."""
-        return {k: v.to_tune() if isinstance(v, Domain) else v for k, v in self.train.items()}
-
     def tune_space(self) -> dict[str, Any]:
         """What each trial's config holds: the searched options as Tune domains, and under PBT also the
         mutated options at their starting value (PBT mutates keys of the trial's config). Imports Ray."""
@@ -1033,12 +1029,12 @@ def _pbt_problems(cfg: SweepConfig, pbt: PbtScheduler, broken: set[str]) -> list
         problems.append(("scheduler.perturbation_interval",
                          f"must be a multiple of train.eval_every={eval_every} (trials report and checkpoint "
                          f"there), but got {pbt.perturbation_interval}; use e.g. {2 * eval_every}"))
-    if "train.iterations" not in broken and pbt.perturbation_interval + pbt.burn_in_period >= cfg.value_range(
-            "iterations")[0]:
+    fewest = cfg.value_range("iterations")[0]
+    if "train.iterations" not in broken and pbt.perturbation_interval + pbt.burn_in_period >= fewest:
         problems.append(("scheduler.perturbation_interval",
                          f"must leave room to perturb before the last iteration, but got perturbation_interval="
                          f"{pbt.perturbation_interval} (+ burn_in_period {pbt.burn_in_period}) >= iterations="
-                         f"{cfg.value_range('iterations')[0]}; lower it or raise train.iterations"))
+                         f"{fewest}; lower it or raise train.iterations"))
     for name in pbt.mutations:
         if isinstance(cfg.train.get(name), Domain) and cfg.train[name].is_grid:
             problems.append((f"train.{name}.grid_search", f"{name} is mutated by PBT, so its starting values are "

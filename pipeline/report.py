@@ -819,8 +819,8 @@ def render_markdown(res: SweepResults, plots: list[str], *, parent_run: str | No
     if ranked.empty:
         md.append("No trial has finished with a finite metric yet.")
     else:
-        md += [f"Ranked: finished trials and trials stopped early by ASHA (their metric is from the iteration "
-               f"they stopped at); diverged and failed trials are left out. chars/s: mean training speed.", "",
+        md += ["Ranked: finished trials and trials stopped early by ASHA (their metric is from the iteration "
+               "they stopped at); diverged and failed trials are left out. chars/s: mean training speed.", "",
                _leaderboard(res)]
 
     md += ["", "## Best configuration", ""]

@@ -150,6 +150,10 @@ class ResultsTable:
     def set_trial(self, trial_id: str, row: Mapping[str, Any]) -> None:
         self.trials[trial_id] = {**self.trials.get(trial_id, {}), "trial_id": trial_id, **row}
 
+    def exploits_of(self, trial_id: str) -> list[dict[str, Any]]:
+        """The PBT clones into this trial, in the order they were recorded."""
+        return [e for e in self.exploits if e["trial_id"] == trial_id]
+
     def history_of(self, trial_id: str) -> list[dict[str, Any]]:
         return [r for (t, _), r in sorted(self.history.items()) if t == trial_id]
 

@@ -108,6 +108,8 @@ def run_sweep(cfg: SweepConfig, *, address: str | None, resume: bool) -> int:
         in_packs = f" in {len(packs)} packs" if packs else ""
         print(f"sweep {cfg.name}: {cfg.num_trials} trials{in_packs}, {cfg.scheduler.type} scheduler, "
               f"MLflow experiment {cfg.mlflow.experiment!r} at {uri}", flush=True)
+        for note in cfg.notes():
+            print(f"note: {note}", file=sys.stderr, flush=True)
         run_config = _run_config(cfg, callback, tune_dir)
         if resume and tune.Tuner.can_restore(tune_dir):
             # Tune's own state: trial ids, configs, statuses, newest checkpoints; finished trials stay finished
@@ -236,8 +238,6 @@ def _tune_config(cfg: SweepConfig, packs: list | None = None):
 
     from . import search
 
-    for note in cfg.notes():
-        print(f"note: {note}", file=sys.stderr, flush=True)
     # Tune ignores max_concurrent_trials when given a search_alg (a warning we silence): the search alg holds it
     return tune.TuneConfig(metric=cfg.metric, mode=cfg.mode, scheduler=search.scheduler(cfg),
                            search_alg=search.search_alg(cfg),

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from test_config import edit
 from test_faults import Driver, kill_run_processes
 from test_sweep import CORPUS_CHARS, PARENT_TAG, Mlflow, SweepRun, run_sweep, write_sweep
 
@@ -95,17 +96,7 @@ EXPLOITS_TYPES = {"trial_id": pa.string(), "iteration": pa.int64(), "source_tria
 
 def _change(sweep: dict[str, Any], **changes: Any) -> dict[str, Any]:
     """A deep copy of `sweep` with keys like scheduler__perturbation_interval set (None removes the key)."""
-    out = copy.deepcopy(sweep)
-    for dotted, value in changes.items():
-        *parents, last = dotted.split("__")
-        node = out
-        for p in parents:
-            node = node.setdefault(p, {})
-        if value is None:
-            node.pop(last, None)
-        else:
-            node[last] = value
-    return out
+    return edit(**changes)(copy.deepcopy(sweep))
 
 
 def _ids(n: int) -> list[str]:
