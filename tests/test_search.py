@@ -217,12 +217,14 @@ def assert_mlflow_pbt(run: Mlflow, out: Path, tmp_path: Path) -> None:
         else:
             assert "pbt.exploits" not in tags and not any(k.startswith("pbt.exploit.") for k in tags), tid
         # metric lr: every reported step, with the history's value among those logged there (a rewound run
-        # logs the steps of the new branch next to the old branch's)
+        # logs the steps of the new branch next to the old branch's; MLflow keeps the steps of a branch that
+        # a clone from a trial further ahead left behind, which the history drops)
         rows = h[h["trial_id"] == tid]
         logged: dict[int, list[float]] = {}
         for m in run.client.get_metric_history(child.info.run_id, "lr"):
             logged.setdefault(m.step, []).append(m.value)
-        assert sorted(logged) == list(rows["iteration"]), (tid, sorted(logged))
+        assert set(rows["iteration"]) <= set(logged), (tid, sorted(logged))
+        assert max(logged) == rows["iteration"].max(), (tid, sorted(logged))
         for it, value in zip(rows["iteration"], rows["lr"]):
             assert value in logged[it], (tid, it, value, logged[it])
         # the final checkpoint: the last iteration, trained at the learning rate in force at the end
