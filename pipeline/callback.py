@@ -147,9 +147,9 @@ class SweepCallback(tune.Callback):
         if row in mine:
             return None
         n = len(mine) + 1
-        # (the clone's run starts at `at`: _branch has rewound the MLflow steps already)
         self.tracker.set_tags(run, {f"pbt.exploit.{n:03d}": f"iteration {at}: cloned {source}; {changes or 'no change'}",
                                     "pbt.exploits": n})
+        self.tracker.rewind(run, at)
         print(f"{key}: PBT copied {source} at iteration {at}; {changes or 'no change'}", flush=True)
         return row
 
