@@ -8,11 +8,14 @@ Exit codes: 0 the sweep ran (diverged or failed trials are rows with their statu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import importlib
 import logging
 import os
 import socket
 import sys
+import threading
 from typing import Any, Sequence
 
 from .config import ConfigError, SweepConfig, load_sweep
@@ -25,6 +28,43 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "1000")
 
 BLAS_ENV = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+
+
+class _Startup:
+    """The driver's start-up work that needs no Ray, in one thread while ray.init waits for Ray's processes."""
+
+    def __init__(self, cfg: SweepConfig, warmup):
+        self._warmup, self._corpus, self._error = warmup, None, None
+        self._thread = threading.Thread(target=self._run, args=(cfg,), name="rnnsweep-startup", daemon=True)
+        self._thread.start()
+
+    def _run(self, cfg: SweepConfig) -> None:
+        for name in ("ray.tune", f"{__package__}.callback", f"{__package__}.results", f"{__package__}.trainable"):
+            try:  # imported here to be ready later; the driver imports them again, where any error shows
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001
+                break
+        try:
+            from rnncore import load_corpus
+
+            self._corpus = load_corpus(cfg.data.path, cfg.data.val_fraction)
+        except BaseException as e:  # noqa: BLE001 - raised in the driver's thread by result()
+            self._error = e
+            return
+        self._warmup.prepare()
+
+    def result(self):
+        """The corpus, once the thread is done (its error, if loading it failed)."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._corpus
+
+    def discard(self) -> None:
+        """The sweep stops before it starts: skip the store if not begun, wait, remove what was prepared."""
+        self._warmup.discard()
+        self._thread.join()
+        self._warmup.discard()
 
 
 class SweepError(Exception):
@@ -54,23 +94,24 @@ def run_sweep(cfg: SweepConfig, *, address: str | None, resume: bool) -> int:
     uri = resolve_uri(cfg.mlflow.tracking_uri)
     check_server(uri)  # before importing Ray and Tune (seconds), so a dead server fails within its timeout
     import ray
-    from ray import tune
 
-    from rnncore import load_corpus
+    # Ray's processes start as early as possible (ray.init mostly waits for them, on the other core), while
+    # one thread does the driver's own start-up work: Tune's and the pipeline's imports, the corpus, MLflow's
+    # import and a new store's tables (put in place only once the checks below have passed)
+    warmup = StoreWarmup(uri)
+    startup = _Startup(cfg, warmup)
+    try:
+        _start_ray(address)
+        corpus = startup.result()
+    except BaseException:
+        startup.discard()
+        raise
+    from ray import tune
 
     from .callback import SweepCallback
     from .results import ResultsTable
     from .trainable import train_trial
 
-    corpus = load_corpus(cfg.data.path, cfg.data.val_fraction)
-    # MLflow's import and a new store's tables (seconds of CPU) in a thread while ray.init waits for Ray's
-    # processes; the store is put in place only once the checks below have passed
-    warmup = StoreWarmup(uri)
-    try:
-        _start_ray(address)
-    except BaseException:
-        warmup.discard()
-        raise
     # Python's final garbage collection walks every object of Ray, MLflow, pandas and matplotlib (~2 s at
     # exit, after the work is done); frozen objects are skipped, and the OS frees the memory anyway
     import atexit
@@ -125,6 +166,8 @@ def run_sweep(cfg: SweepConfig, *, address: str | None, resume: bool) -> int:
         else:  # a fresh sweep, or one killed before Tune saved any state: start it (again)
             tuner = tune.Tuner(trainable, param_space=_param_space(cfg, packs), tune_config=_tune_config(cfg, packs),
                                run_config=run_config)
+        # the report's plotting library loads while the trials start (the driver mostly waits then)
+        threading.Thread(target=_warm_up_report, name="rnnsweep-report-warmup", daemon=True).start()
         try:
             tuner.fit()  # Ctrl-C: Tune stops the trials, saves its state and returns
         except KeyboardInterrupt:
@@ -163,6 +206,15 @@ def run_sweep(cfg: SweepConfig, *, address: str | None, resume: bool) -> int:
         ray.shutdown()
 
 
+def _warm_up_report() -> None:
+    try:
+        from .report import warm_up
+
+        warm_up()
+    except Exception:  # noqa: BLE001 - only a head start; the report itself shows any error
+        pass
+
+
 def _host_port(address: str) -> tuple[str, int]:
     host, _, port = address.split("://", 1)[-1].rpartition(":")
     return host.strip("[]"), int(port)
@@ -180,12 +232,18 @@ def _start_ray(address: str | None) -> None:
 
     common = dict(log_to_driver=False, logging_level=logging.ERROR, configure_logging=True)
     if not address:
-        # The local Ray's processes inherit this environment, so one BLAS thread per trial needs no
-        # runtime_env: with one, the workers Ray prestarts at init (one per CPU) do not match the job's
-        # runtime env, and every trial waits for a new worker process (~1.5 s, and the CPU of two more).
+        # The local Ray's processes inherit this environment: one BLAS thread per trial needs no runtime_env.
         os.environ.update(BLAS_ENV)
-        # "local": a new instance even when a `ray start` cluster runs on this machine
-        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, **common)
+        # "local": a new instance even when a `ray start` cluster runs on this machine. Two settings cut the
+        # CPU Ray spends besides the trials (a sweep's start is CPU-bound on a small machine):
+        # - no workers prestarted for the driver: Tune gives its trial actors a runtime env of their own, so
+        #   they start new workers anyway, and two idle processes importing Ray cost a core-second each;
+        # - no metrics collection, which only feeds Ray's dashboard (not started here);
+        # - no autoscaler monitor and no log monitor (see _without_monitors).
+        with _without_monitors():
+            ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
+                     _system_config={"prestart_worker_first_driver": False, "enable_metrics_collection": False},
+                     **common)
         return
     common["runtime_env"] = {"env_vars": BLAS_ENV}  # a cluster's nodes were started with their own environment
     if address != "auto":  # Ray itself retries an unreachable address for minutes: probe it first
@@ -202,6 +260,34 @@ def _start_ray(address: str | None) -> None:
     except Exception as e:  # ConnectionError, TimeoutError, RuntimeError depending on the address form
         raise SweepError(f"cannot join the Ray cluster at {address}: {e}; check the address "
                          "(auto, HOST:PORT or ray://HOST:10001) and that the cluster is up") from None
+
+
+@contextlib.contextmanager
+def _without_monitors():
+    """A local Ray node without its autoscaler monitor (a fixed single node has nothing to scale) and its log
+    monitor (which forwards worker output to the driver: log_to_driver=False). Together they cost about two
+    core-seconds while the sweep starts and a per cent of a core while it runs. `ray start` has flags for
+    both; ray.init does not, so they are set on the node parameters it builds (Ray's private RayParams).
+    With a Ray whose RayParams lacks them, the node starts as ray.init makes it."""
+    import inspect
+
+    from ray._private import parameter
+
+    init = parameter.RayParams.__init__
+    if not {"no_monitor", "include_log_monitor"} <= set(inspect.signature(init).parameters):
+        yield
+        return
+
+    def lean(self, *args, **kwargs):
+        kwargs.setdefault("no_monitor", True)
+        kwargs.setdefault("include_log_monitor", False)
+        init(self, *args, **kwargs)
+
+    parameter.RayParams.__init__ = lean
+    try:
+        yield
+    finally:
+        parameter.RayParams.__init__ = init
 
 
 def _check_resources(cfg: SweepConfig, *, local: bool) -> None:

@@ -62,30 +62,45 @@ def ui_command(uri: str) -> str:
 
 
 class StoreWarmup:
-    """MLflow's import (~2 s) and, for a local sqlite store that does not exist yet, its tables (~3 s of
-    migrations) prepared in a background thread while the driver starts Ray.
+    """A new local sqlite store, prepared while the driver starts Ray (call prepare() in a background thread).
 
-    The tables are built in a private temp folder and copied where the URI points only by install(), after
-    the sweep's checks passed: bad input still leaves no store behind (discard() removes the temp folder).
-    Best effort: if anything goes wrong here, the Tracker creates the store in place, as it would anyway."""
+    MLflow builds a new store's tables with ~3 s of migrations. The first time, prepare() builds them in a
+    private temp folder; install() then also keeps an empty copy (no experiments) as a template in the user's
+    cache (STORE_CACHE_ENV, else $XDG_CACHE_HOME/rnnsweep, else ~/.cache/rnnsweep), one per MLflow version,
+    so later sweeps copy it instead. MLflow adds the Default experiment when it opens a store without one.
+    The store is put where the URI points only by install(), after the sweep's checks passed: bad input
+    still leaves no store behind (discard() removes the temp folder). Best effort: if anything goes wrong
+    here, the Tracker creates the store in place, as it would anyway."""
 
     def __init__(self, uri: str):
         self._db = _new_sqlite_path(uri)
         self._tmp: str | None = None
         self._built: str | None = None
+        self._template: str | None = None  # where a new template goes (install), when none was found
         self._cancel = threading.Event()
-        self._thread = threading.Thread(target=self._prepare, name="mlflow-warmup", daemon=True)
-        self._thread.start()
 
-    def _prepare(self) -> None:
+    def prepare(self) -> None:
+        """MLflow's import (~2 s) and the new store's tables; blocking, meant for a background thread."""
         try:
+            import mlflow
             from mlflow.tracking import MlflowClient
 
             if self._db is None or self._cancel.is_set():
                 return
             self._tmp = tempfile.mkdtemp(prefix="rnnsweep-mlflow-")
+            template = os.path.join(_cache_dir(), f"mlflow-{mlflow.__version__}-store.db")
+            if os.path.exists(template):
+                try:
+                    path = os.path.join(self._tmp, "copied.db")
+                    shutil.copyfile(template, path)
+                    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments(max_results=1)
+                    self._built = path
+                    return
+                except Exception:  # noqa: BLE001 - a damaged template: build the tables, and replace it
+                    pass
+            self._template = template
             path = os.path.join(self._tmp, "mlflow.db")
-            # the same tables and default experiment MLflow would create in place (its artifact root is
+            # the tables, and the Default experiment MLflow would create in place (its artifact root is
             # resolved against this process's working directory, not the database's folder)
             MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments(max_results=1)
             self._built = path
@@ -93,8 +108,7 @@ class StoreWarmup:
             self._built = None
 
     def install(self) -> None:
-        """Wait for the thread, then put the prepared store in place unless one exists there by now."""
-        self._thread.join()
+        """Put the prepared store in place unless one exists there by now (prepare() must have returned)."""
         if self._built and self._db and not os.path.exists(self._db):
             tmp = f"{self._db}.{os.getpid()}.tmp"
             try:
@@ -107,15 +121,50 @@ class StoreWarmup:
                     os.unlink(tmp)
                 except FileNotFoundError:
                     pass
+        if self._built and self._template:
+            _save_template(self._built, self._template)
         self.discard()
 
     def discard(self) -> None:
         """Drop the prepared store (idempotent): the sweep stopped before it needed one, or install() ran."""
         self._cancel.set()
-        self._thread.join()
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
             self._tmp = self._built = None
+
+
+STORE_CACHE_ENV = "RNNSWEEP_CACHE_DIR"
+
+
+def _cache_dir() -> str:
+    root = os.environ.get(STORE_CACHE_ENV)
+    if root:
+        return root
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "rnnsweep")
+
+
+def _save_template(built: str, template: str) -> None:
+    """An empty copy of a freshly built store (its experiments removed), written atomically; best effort."""
+    import sqlite3
+
+    try:
+        os.makedirs(os.path.dirname(template), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(template), prefix=".store.", suffix=".db")
+        os.close(fd)
+        shutil.copyfile(built, tmp)
+        con = sqlite3.connect(tmp)
+        try:
+            with con:
+                con.execute("DELETE FROM experiment_tags")
+                con.execute("DELETE FROM experiments")
+        finally:
+            con.close()
+        os.replace(tmp, template)
+    except Exception:  # noqa: BLE001 - a read-only home, a schema this code does not know: no template
+        try:
+            os.unlink(tmp)
+        except (NameError, OSError):
+            pass
 
 
 def _new_sqlite_path(uri: str) -> str | None:

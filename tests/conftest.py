@@ -4,7 +4,7 @@ A CLI run here gets a clean environment: no MLFLOW_* or RAY_* variables from the
 logs to `sqlite:///<cwd>/mlflow.db` and starts its own local Ray), the repository on PYTHONPATH, and a
 private RAY_TMPDIR, so that a `ray start` cluster elsewhere on the machine (whose address Ray would
 otherwise pick up from /tmp/ray/ray_current_cluster) is never joined, and Ray's session files do not
-mix with other jobs'.
+mix with other jobs'; and a private RNNSWEEP_CACHE_DIR instead of the user's cache.
 """
 from __future__ import annotations
 
@@ -72,13 +72,20 @@ def fresh_ray_tmpdir(short_tmp) -> Path:
 
 
 @pytest.fixture(scope="session")
-def cli_env(ray_tmpdir: Path) -> Callable[..., dict[str, str]]:
+def store_cache(short_tmp) -> Path:
+    """The session's RNNSWEEP_CACHE_DIR (where a sweep keeps its empty MLflow store), not the user's cache."""
+    return short_tmp()
+
+
+@pytest.fixture(scope="session")
+def cli_env(ray_tmpdir: Path, store_cache: Path) -> Callable[..., dict[str, str]]:
     """cli_env(**extra) -> an environment for a CLI subprocess (see the module docstring)."""
 
     def make(ray_tmp: Path | None = None, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_"))}
         env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
         env["RAY_TMPDIR"] = str(ray_tmp or ray_tmpdir)
+        env["RNNSWEEP_CACHE_DIR"] = str(store_cache)
         env.update(extra)
         return env
 

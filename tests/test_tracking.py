@@ -1,0 +1,129 @@
+"""The driver's start-up helpers: the new-store warm-up with its cached empty MLflow store, the start-up thread,
+and the lean local Ray node. No Ray is started here (except the sweep that checks bad input starts none)."""
+from __future__ import annotations
+
+import os
+import sqlite3
+import textwrap
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import CORPUS, describe
+
+
+def _experiments(db: Path) -> list[tuple[str, str]]:
+    con = sqlite3.connect(db)
+    try:
+        return con.execute("SELECT name, artifact_location FROM experiments ORDER BY experiment_id").fetchall()
+    finally:
+        con.close()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    path = tmp_path / "cache"
+    monkeypatch.setenv("RNNSWEEP_CACHE_DIR", str(path))
+    return path
+
+
+def _warm_store(folder: Path, monkeypatch) -> Path:
+    """What a sweep started in `folder` does with a new local store: prepare, then install."""
+    from pipeline.tracking import StoreWarmup
+
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    db = folder / "mlflow.db"
+    warmup = StoreWarmup(f"sqlite:///{db}")
+    warmup.prepare()
+    assert not db.exists()  # nothing where the URI points before install()
+    warmup.install()
+    return db
+
+
+def test_first_store_leaves_an_empty_template_and_the_next_store_is_copied_from_it(tmp_path, cache, monkeypatch):
+    db_a = _warm_store(tmp_path / "a", monkeypatch)
+    templates = list(cache.glob("mlflow-*-store.db"))
+    assert len(templates) == 1, list(cache.iterdir())
+    assert _experiments(templates[0]) == []  # MLflow adds its Default experiment where the store is opened
+    [(name, location_a)] = _experiments(db_a)
+    assert name == "Default" and location_a.endswith(str(tmp_path / "a" / "mlruns" / "0")), location_a
+
+    mtime = templates[0].stat().st_mtime_ns
+    db_b = _warm_store(tmp_path / "b", monkeypatch)
+    assert templates[0].stat().st_mtime_ns == mtime  # read, not rebuilt
+    [(name, location_b)] = _experiments(db_b)
+    assert name == "Default" and location_b.endswith(str(tmp_path / "b" / "mlruns" / "0")), location_b
+
+    from pipeline.tracking import Tracker  # the copied store works as a tracking store
+
+    tracker = Tracker(uri=f"sqlite:///{db_b}", experiment="exp", sweep_id="s1")
+    parent = tracker.start_sweep(name="exp", params={"a": 1}, sweep_text="name: exp\n", resume=False)
+    assert tracker.client.get_run(parent).data.params == {"a": "1"}
+    assert [n for n, _ in _experiments(db_b)] == ["Default", "exp"]
+
+
+def test_a_discarded_store_leaves_nothing(tmp_path, cache, monkeypatch):
+    from pipeline.tracking import StoreWarmup
+
+    monkeypatch.chdir(tmp_path)
+    warmup = StoreWarmup(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    warmup.prepare()
+    warmup.discard()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no store, and no template (made only by install)
+
+
+def test_a_damaged_template_is_replaced(tmp_path, cache, monkeypatch):
+    import mlflow
+
+    cache.mkdir()
+    template = cache / f"mlflow-{mlflow.__version__}-store.db"
+    template.write_bytes(b"not a database")
+    db = _warm_store(tmp_path / "a", monkeypatch)
+    assert [n for n, _ in _experiments(db)] == ["Default"]
+    assert _experiments(template) == []  # a working, empty store again
+
+
+def test_startup_thread_hands_over_the_corpus_or_its_error():
+    from pipeline.sweep import _Startup
+    from pipeline.tracking import StoreWarmup
+    from rnncore.data import CorpusError
+
+    ok = _Startup(SimpleNamespace(data=SimpleNamespace(path=CORPUS, val_fraction=0.1)), StoreWarmup("http://x"))
+    corpus = ok.result()
+    assert len(corpus.train) + len(corpus.val) == len(CORPUS.read_text(encoding="utf-8"))
+    bad = _Startup(SimpleNamespace(data=SimpleNamespace(path=Path("/nonexistent/corpus.txt"), val_fraction=0.1)),
+                   StoreWarmup("http://x"))
+    with pytest.raises(CorpusError, match="corpus.txt"):
+        bad.result()
+
+
+def test_lean_local_node_drops_only_the_two_monitors_and_restores_ray():
+    from ray._private.parameter import RayParams
+
+    from pipeline.sweep import _without_monitors
+
+    before = RayParams()
+    with _without_monitors():
+        lean = RayParams(num_cpus=2, include_log_monitor=True)  # an explicit value is kept
+        plain = RayParams(num_cpus=2)
+    after = RayParams()
+    assert (plain.no_monitor, plain.include_log_monitor, plain.num_cpus) == (True, False, 2)
+    assert lean.include_log_monitor is True
+    assert (before.no_monitor, before.include_log_monitor) == (after.no_monitor, after.include_log_monitor)
+    assert (after.no_monitor, after.include_log_monitor) == (False, None)
+
+
+def test_bad_sweep_writes_no_store_template(tmp_path, run_module, cli_env):
+    cache = tmp_path / "cache"
+    (tmp_path / "bad.yaml").write_text(textwrap.dedent(f"""\
+        name: bad
+        data: {{path: {CORPUS}}}
+        train: {{hidden_size: 0, iterations: 10}}
+        output: out
+        """))
+    proc = run_module("pipeline.sweep", "bad.yaml", cwd=tmp_path, env=cli_env(RNNSWEEP_CACHE_DIR=str(cache)))
+    assert proc.returncode == 2, describe(proc)
+    assert "train.hidden_size" in proc.stderr
+    assert not cache.exists() and sorted(os.listdir(tmp_path)) == ["bad.yaml"]
