@@ -134,7 +134,11 @@ class SweepCallback(tune.Callback):
         if kept < len(mine):  # clones of a branch that is gone
             self.tracker.delete_tags(run, [f"pbt.exploit.{n:03d}" for n in range(kept + 1, len(mine) + 1)])
             self.tracker.set_tags(run, {"pbt.exploits": kept})
-        self.tracker.rewind(run, start)
+        # MLflow logs again what comes after the history's last row that this run keeps: the run's first report
+        # (at c, when it went on from its own newest checkpoint) is new to the history if the driver never got
+        # it, and MLflow may then hold c only from a branch that is gone, so c itself must be logged too
+        kept = [r["iteration"] for r in self.table.history_of(key) if r["iteration"] <= start]
+        self.tracker.rewind(run, max(kept, default=-1))
         return start
 
     def _exploited(self, key: str, run: str, exploit: dict[str, Any], branch: int | None) -> dict[str, Any] | None:

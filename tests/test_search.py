@@ -655,6 +655,58 @@ def test_optuna_sweep_resumes_after_the_driver_was_killed(tmp_path: Path, cli_en
         assert (h.loc[h["trial_id"] == row.trial_id, "lr"] == row.learning_rate).all()
 
 
+def test_pbt_run_from_a_checkpoint_the_old_driver_never_reported_is_logged_to_mlflow(workspace: Path) -> None:
+    """Before a stop, trial t0002 trained on to 500 (reported and logged to MLflow) while PBT was cloning another
+    trial into it at 300; the clone's run reported 400, wrote its checkpoint at 500, and the driver stopped
+    before that report came. After --resume the trial goes on from that checkpoint and sends its report first:
+    new to the history, and MLflow holds step 500 only from the branch the clone replaced, so it is logged."""
+    from pipeline.callback import SweepCallback
+    from pipeline.results import ResultsTable
+    from pipeline.tracking import Tracker
+
+    class Client:  # MLflow's side of Tracker.log_metrics
+        def __init__(self) -> None:
+            self.batches: list[tuple[str, dict[str, float]]] = []
+
+        def log_batch(self, run_id, metrics=()):
+            self.batches.append((run_id, {m.key: (m.step, m.value) for m in metrics}))
+
+    class Run:  # the reattached run: MLflow's highest step is the left-behind branch's 500
+        def __init__(self) -> None:
+            self.client, self.last_step = Client(), {}
+
+        def trial_run(self, *, trial_id, name, params):
+            self.last_step["run-2"] = 500
+            return "run-2"
+
+    tracker = Run()
+    tracker.log_metrics = Tracker.log_metrics.__get__(tracker)
+    tracker.rewind = Tracker.rewind.__get__(tracker)
+    table = ResultsTable(workspace / "out", sweep_text="")
+    old, new = 0.00129, 0.00428
+
+    def row(it: int, lr: float) -> dict[str, Any]:
+        return {"iteration": it, "train_loss": 3.0, "val_loss": 3.0, "val_bpc": 4.3, "chars_per_sec": 1e4,
+                "lr": lr, "elapsed_s": it / 100, "exploited_from": None}
+
+    for it in (100, 200, 300, 400, 500):  # the old driver's history of t0002, then the clone's branch from 300
+        table.add_report("t0002", row(it, old))
+    table.add_report("t0002", {**row(400, new), "exploited_from": "t0001"}, branch=300,
+                     exploit={"trial_id": "t0002", "iteration": 300, "source_trial_id": "t0001", "changes": ""})
+    callback = SweepCallback(cfg=_load(workspace, PBT), tracker=tracker, table=table)
+    trial = type("Trial", (), {"trial_id": "pbt_00002", "config": {"learning_rate": new}})()
+    report = {**row(500, new), "run_token": "after-resume", "start_iteration": 500}
+    callback._record(trial, report)
+
+    assert [it for it in sorted(r["iteration"] for r in table.history_of("t0002"))] == [100, 200, 300, 400, 500]
+    assert table.history[("t0002", 500)]["lr"] == new
+    assert tracker.client.batches == [("run-2", {"train_loss": (500, 3.0), "val_loss": (500, 3.0),
+                                                 "val_bpc": (500, 4.3), "chars_per_sec": (500, 1e4),
+                                                 "lr": (500, new)})]
+    callback._record(trial, report)  # the same report again (a restart from the same checkpoint): logged once
+    assert len(tracker.client.batches) == 1
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["sigint", "sigkill"])
 def test_pbt_sweep_resumes_after_the_driver_was_stopped(how: str, tmp_path: Path, cli_env, short_tmp,
