@@ -234,7 +234,7 @@ def _start_ray(address: str | None) -> None:
     if not address:
         # The local Ray's processes inherit this environment: one BLAS thread per trial needs no runtime_env.
         os.environ.update(BLAS_ENV)
-        # "local": a new instance even when a `ray start` cluster runs on this machine. Two settings cut the
+        # "local": a new instance even when a `ray start` cluster runs on this machine. Three settings cut the
         # CPU Ray spends besides the trials (a sweep's start is CPU-bound on a small machine):
         # - no workers prestarted for the driver: Tune gives its trial actors a runtime env of their own, so
         #   they start new workers anyway, and two idle processes importing Ray cost a core-second each;
@@ -271,10 +271,14 @@ def _without_monitors():
     With a Ray whose RayParams lacks them, the node starts as ray.init makes it."""
     import inspect
 
-    from ray._private import parameter
+    try:
+        from ray._private import parameter
 
-    init = parameter.RayParams.__init__
-    if not {"no_monitor", "include_log_monitor"} <= set(inspect.signature(init).parameters):
+        init = parameter.RayParams.__init__
+        fits = {"no_monitor", "include_log_monitor"} <= set(inspect.signature(init).parameters)
+    except (ImportError, AttributeError, TypeError, ValueError):
+        fits = False
+    if not fits:
         yield
         return
 
