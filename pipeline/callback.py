@@ -137,13 +137,14 @@ class SweepCallback(tune.Callback):
         # MLflow logs again what comes after the history's last row that this run keeps: the run's first report
         # (at c, when it went on from its own newest checkpoint) is new to the history if the driver never got
         # it, and MLflow may then hold c only from a branch that is gone, so c itself must be logged too
-        kept = [r["iteration"] for r in self.table.history_of(key) if r["iteration"] <= start]
-        self.tracker.rewind(run, max(kept, default=-1))
+        rows = [r["iteration"] for r in self.table.history_of(key) if r["iteration"] <= start]
+        self.tracker.rewind(run, max(rows, default=-1))
         return start
 
     def _exploited(self, key: str, run: str, exploit: dict[str, Any], branch: int | None) -> dict[str, Any] | None:
         """PBT cloned trial `source` at `iteration` into this one: a tag on its run, and the exploits-table row
-        that goes with this report (None when a restart repeats one already recorded)."""
+        that goes with this report (None when a restart repeats one already recorded). The clone's run starts
+        at that iteration, so _branch has already let MLflow log its steps again."""
         source, at = trial_key(int(exploit["source"])), int(exploit["iteration"])
         changes = ", ".join(f"{k} {_fmt(a)} -> {_fmt(b)}" for k, (a, b) in exploit.get("changes", {}).items())
         row = {"trial_id": key, "iteration": at, "source_trial_id": source, "changes": changes}
@@ -153,7 +154,6 @@ class SweepCallback(tune.Callback):
         n = len(mine) + 1
         self.tracker.set_tags(run, {f"pbt.exploit.{n:03d}": f"iteration {at}: cloned {source}; {changes or 'no change'}",
                                     "pbt.exploits": n})
-        self.tracker.rewind(run, at)
         print(f"{key}: PBT copied {source} at iteration {at}; {changes or 'no change'}", flush=True)
         return row
 

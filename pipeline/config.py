@@ -40,6 +40,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -47,7 +48,7 @@ from pydantic import (
 )
 
 from rnncore.config import FIELD_NAMES, FIELD_TYPES, TrainConfig, check_value, coerce
-from rnncore.data import CorpusError, check_fits, load_corpus
+from rnncore.data import Corpus, CorpusError, check_fits, load_corpus
 
 __all__ = [
     "AshaScheduler",
@@ -605,6 +606,7 @@ class SweepConfig(_Section):
     packing: PackingConfig | None = None
     source_path: Path | None = None
     source_text: str = Field("", repr=False)
+    _corpus: Corpus | None = PrivateAttr(None)
 
     @model_validator(mode="before")
     @classmethod
@@ -690,6 +692,12 @@ class SweepConfig(_Section):
         if option not in FIELD_NAMES:
             raise KeyError(f"{option!r} is not an rnncore option; {_unknown(option, FIELD_NAMES)}")
         return _value_range(self.train, option)
+
+    def corpus(self) -> Corpus:
+        """The corpus, read once: load_sweep reads it to check it, and the sweep trains on that copy."""
+        if self._corpus is None:
+            self._corpus = load_corpus(self.data.path, self.data.val_fraction)
+        return self._corpus
 
     def base_config(self) -> TrainConfig:
         """The fixed values on top of the engine defaults; searched options keep their default."""
@@ -997,7 +1005,7 @@ def _semantic_problems(cfg: SweepConfig, broken: set[str], check_corpus: bool) -
         problems += _pbt_problems(cfg, cfg.scheduler, broken)
     if check_corpus and "data" not in broken:
         try:
-            corpus = load_corpus(cfg.data.path, cfg.data.val_fraction)
+            corpus = cfg.corpus()
         except CorpusError as e:
             problems.append(("data.path", str(e)))
         else:

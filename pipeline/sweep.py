@@ -31,34 +31,24 @@ BLAS_ENV = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM
 
 
 class _Startup:
-    """The driver's start-up work that needs no Ray, in one thread while ray.init waits for Ray's processes."""
+    """The driver's start-up work that needs no Ray, in one thread while ray.init waits for Ray's processes:
+    Tune's and the pipeline's imports, then MLflow's import and a new store's tables (StoreWarmup)."""
 
-    def __init__(self, cfg: SweepConfig, warmup):
-        self._warmup, self._corpus, self._error = warmup, None, None
-        self._thread = threading.Thread(target=self._run, args=(cfg,), name="rnnsweep-startup", daemon=True)
+    def __init__(self, warmup):
+        self._warmup = warmup
+        self._thread = threading.Thread(target=self._run, name="rnnsweep-startup", daemon=True)
         self._thread.start()
 
-    def _run(self, cfg: SweepConfig) -> None:
+    def _run(self) -> None:
         for name in ("ray.tune", f"{__package__}.callback", f"{__package__}.results", f"{__package__}.trainable"):
             try:  # imported here to be ready later; the driver imports them again, where any error shows
                 importlib.import_module(name)
             except Exception:  # noqa: BLE001
                 break
-        try:
-            from rnncore import load_corpus
-
-            self._corpus = load_corpus(cfg.data.path, cfg.data.val_fraction)
-        except BaseException as e:  # noqa: BLE001 - raised in the driver's thread by result()
-            self._error = e
-            return
         self._warmup.prepare()
 
-    def result(self):
-        """The corpus, once the thread is done (its error, if loading it failed)."""
+    def join(self) -> None:
         self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._corpus
 
     def discard(self) -> None:
         """The sweep stops before it starts: skip the store if not begun, wait, remove what was prepared."""
@@ -96,16 +86,17 @@ def run_sweep(cfg: SweepConfig, *, address: str | None, resume: bool) -> int:
     import ray
 
     # Ray's processes start as early as possible (ray.init mostly waits for them, on the other core), while
-    # one thread does the driver's own start-up work: Tune's and the pipeline's imports, the corpus, MLflow's
-    # import and a new store's tables (put in place only once the checks below have passed)
+    # one thread does the driver's own start-up work: Tune's and the pipeline's imports, MLflow's import and a
+    # new store's tables (put in place only once the checks below have passed)
     warmup = StoreWarmup(uri)
-    startup = _Startup(cfg, warmup)
+    startup = _Startup(warmup)
     try:
         _start_ray(address)
-        corpus = startup.result()
+        startup.join()
     except BaseException:
         startup.discard()
         raise
+    corpus = cfg.corpus()  # read by load_sweep when it checked the file
     from ray import tune
 
     from .callback import SweepCallback

@@ -60,27 +60,9 @@ def array_module_for(device: str):
                      "(pip install '.[gpu]') on a machine with a GPU, or set device: cpu")
 
 
-ADAGRAD_CHUNK = 1 << 16  # elements: on a CPU the update's passes run chunk by chunk, on cache-resident data
-
-
 def adagrad(flat, g, m, tmp, lr, clip, eps, xp=np) -> None:
     """In place, all parameters at once: clip g, m += g*g, flat += -lr * g / sqrt(m + eps) (the seed's order).
-    lr, clip and eps are scalars, or arrays shaped like flat when packed trials differ. tmp: scratch like flat.
-
-    Element-wise, so splitting it changes no number: on a CPU the eight passes go over one chunk at a time,
-    with the start of tmp as the chunk's scratch, so memory sees each array about once. A GPU takes it whole.
-    """
-    n, step = flat.shape[0], ADAGRAD_CHUNK
-    if xp is not np or n <= step:
-        _adagrad(flat, g, m, tmp, lr, clip, eps, xp)
-        return
-    for i in range(0, n, step):
-        part = slice(i, i + step)
-        lr_i, clip_i, eps_i = (a if np.ndim(a) == 0 else a[part] for a in (lr, clip, eps))
-        _adagrad(flat[part], g[part], m[part], tmp[: min(step, n - i)], lr_i, clip_i, eps_i, xp)
-
-
-def _adagrad(flat, g, m, tmp, lr, clip, eps, xp) -> None:
+    lr, clip and eps are scalars, or arrays shaped like flat when packed trials differ. tmp: scratch like flat."""
     g.clip(-clip, clip, out=g)  # clip to mitigate exploding gradients (the method skips np.clip's wrapper)
     xp.multiply(g, g, out=tmp)
     m += tmp  # mem += dparam * dparam

@@ -1,12 +1,11 @@
 """The driver's start-up helpers: the new-store warm-up with its cached empty MLflow store, the start-up thread,
-and the lean local Ray node. No Ray is started here (except the sweep that checks bad input starts none)."""
+the corpus read once, and the lean local Ray node. No Ray is started here (except the sweep that checks bad input starts none)."""
 from __future__ import annotations
 
 import os
 import sqlite3
 import textwrap
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -85,18 +84,31 @@ def test_a_damaged_template_is_replaced(tmp_path, cache, monkeypatch):
     assert _experiments(template) == []  # a working, empty store again
 
 
-def test_startup_thread_hands_over_the_corpus_or_its_error():
+def test_startup_thread_imports_tune_and_the_pipeline():
+    import sys
+
     from pipeline.sweep import _Startup
     from pipeline.tracking import StoreWarmup
+
+    _Startup(StoreWarmup("http://x")).join()
+    assert {"ray.tune", "pipeline.callback", "pipeline.results", "pipeline.trainable"} <= set(sys.modules)
+
+
+def test_the_sweep_trains_on_the_corpus_load_sweep_checked_or_gets_its_error(tmp_path):
+    from pipeline.config import load_sweep
     from rnncore.data import CorpusError
 
-    ok = _Startup(SimpleNamespace(data=SimpleNamespace(path=CORPUS, val_fraction=0.1)), StoreWarmup("http://x"))
-    corpus = ok.result()
+    sweep = "name: c\ndata: {{path: {}}}\ntrain: {{iterations: 10}}\noutput: out\n"
+    (tmp_path / "ok.yaml").write_text(sweep.format(CORPUS))
+    cfg = load_sweep(tmp_path / "ok.yaml")
+    corpus = cfg.corpus()
+    assert corpus is cfg.corpus()  # read once, by load_sweep's check
     assert len(corpus.train) + len(corpus.val) == len(CORPUS.read_text(encoding="utf-8"))
-    bad = _Startup(SimpleNamespace(data=SimpleNamespace(path=Path("/nonexistent/corpus.txt"), val_fraction=0.1)),
-                   StoreWarmup("http://x"))
+    (tmp_path / "corpus.txt").write_bytes(b"abc\xff" * 100)
+    (tmp_path / "bad.yaml").write_text(sweep.format(tmp_path / "corpus.txt"))
+    cfg = load_sweep(tmp_path / "bad.yaml", check_corpus=False)
     with pytest.raises(CorpusError, match="corpus.txt"):
-        bad.result()
+        cfg.corpus()
 
 
 def test_lean_local_node_drops_only_the_two_monitors_and_restores_ray():
