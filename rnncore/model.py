@@ -30,6 +30,28 @@ def to_numpy(a) -> np.ndarray:
     return a if isinstance(a, np.ndarray) else a.get()
 
 
+HUGE_PAGE = 1 << 21  # bytes: a transparent huge page on x86-64 Linux
+NUMPY_HUGEPAGE_MIN = 1 << 22  # numpy asks Linux for huge pages (madvise) for allocations of at least 4 MiB
+
+
+def flat_zeros(n: int, dtype, xp=np):
+    """A zeroed 1-D array for all parameters (weights, gradients, Adagrad memories, scratch).
+
+    Each step streams these arrays through the cache a dozen times, Whh alone ~2T times. With 4 KiB pages
+    a 2.6 MB array (H = 512) spans ~650 pages, more than the TLB holds; with 2 MiB pages it spans two
+    (measured: the H = 512 step runs 5-10 % faster). So on the CPU an array of 1 MiB or more starts on a
+    huge-page boundary inside an allocation numpy backs with huge pages where Linux offers them. Elsewhere
+    (other systems, GPUs, small arrays) it is a plain zeros().
+    """
+    dtype = np.dtype(dtype)
+    nbytes = n * dtype.itemsize
+    if xp is not np or nbytes < (1 << 20):
+        return xp.zeros(n, dtype)
+    raw = np.zeros(max(-(-nbytes // HUGE_PAGE) * HUGE_PAGE + HUGE_PAGE, NUMPY_HUGEPAGE_MIN), np.uint8)
+    start = -raw.ctypes.data % HUGE_PAGE
+    return raw[start: start + nbytes].view(dtype)
+
+
 class Params:
     """The seed's five arrays as views into one flat vector, so clipping and Adagrad are single array ops.
 
@@ -53,7 +75,7 @@ class Params:
 
     @classmethod
     def zeros(cls, H: int, V: int, dtype, K: int | None = None, xp=np) -> "Params":
-        return cls(xp.zeros(cls.size(H, V, K), dtype), H, V, K)
+        return cls(flat_zeros(cls.size(H, V, K), dtype, xp), H, V, K)
 
     @classmethod
     def from_arrays(cls, Wxh, Whh, Why, bh, by, dtype=None) -> "Params":
@@ -80,10 +102,13 @@ class Params:
         return [self.Wxh, self.Whh, self.Why, self.bh, self.by]
 
     def zeros_like(self) -> "Params":
-        return Params(array_module(self.flat).zeros_like(self.flat), self.hidden_size, self.vocab_size, self.K)
+        xp = array_module(self.flat)
+        return Params(flat_zeros(self.flat.size, self.flat.dtype, xp), self.hidden_size, self.vocab_size, self.K)
 
     def copy(self) -> "Params":
-        return Params(self.flat.copy(), self.hidden_size, self.vocab_size, self.K)
+        P = self.zeros_like()
+        P.flat[...] = self.flat
+        return P
 
 
 def init_params(H: int, V: int, rng: np.random.Generator, dtype="float64", scale: float = 0.01) -> Params:

@@ -110,7 +110,7 @@ class Trainer:
         self.xy = self.streams[: T + 1]  # (T+1, B) window at p: inputs [:-1], targets [1:]; a view, set by step
         self.grad_scale = 1.0 / B
         self.lr = np.dtype(cfg.dtype).type(-cfg.learning_rate)
-        self.tmp = xp.zeros_like(self.state.params.flat)  # Adagrad scratch, so the update allocates nothing
+        self.tmp = self.state.params.zeros_like().flat  # Adagrad scratch, so the update allocates nothing
         self.diverged = False
 
     def step(self) -> float:
@@ -202,7 +202,7 @@ class PackedTrainer:
         self.lr = self._per_member([-c.learning_rate for c in cfgs])
         self.clip = self._per_member([c.clip for c in cfgs])
         self.eps = self._per_member([c.adagrad_eps for c in cfgs])
-        self.tmp = xp.zeros_like(self.params.flat)
+        self.tmp = self.params.zeros_like().flat
         self.active = np.ones(K, bool)
         self.diverged = np.zeros(K, bool)
         self.frozen: dict[int, TrainState] = {}  # final states of members no longer training

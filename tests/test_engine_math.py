@@ -471,3 +471,56 @@ def test_blown_up_but_finite_loss_counts_as_diverged(shakes3k):
     losses = tr.run(200)
     assert tr.diverged and len(losses) < 200
     assert losses[-1] >= DIVERGED_LOSS and np.all(losses[:-1] < DIVERGED_LOSS)
+
+
+# ---------------------------------------------------------------- memory layout
+
+
+def _root(a: np.ndarray) -> np.ndarray:
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+def _anon_huge_kb(address: int) -> int | None:
+    """AnonHugePages of the mapping that holds address, from /proc/self/smaps (None where there is none)."""
+    try:
+        lines = Path("/proc/self/smaps").read_text().splitlines()
+    except OSError:
+        return None
+    inside = False
+    for line in lines:
+        head = line.split()[0]
+        if "-" in head and ":" not in head:
+            lo, hi = (int(x, 16) for x in head.split("-"))
+            inside = lo <= address < hi
+        elif inside and head == "AnonHugePages:":
+            return int(line.split()[1])
+    return None
+
+
+def test_large_parameter_buffers_start_on_a_huge_page_and_small_ones_stay_plain(shakes3k):
+    from rnncore.model import HUGE_PAGE, NUMPY_HUGEPAGE_MIN
+
+    tr = Trainer(TrainConfig(hidden_size=512, seq_length=10, dtype="float32"), make_corpus(shakes3k, 0.0))
+    P = tr.state.params  # 512 * (512 + 2 * V) + 512 + V floats of 4 bytes: over 1 MiB
+    assert P.flat.nbytes >= 1 << 20
+    for flat in (P.flat, tr.state.mem.flat, tr.ws.grads.flat, tr.tmp, P.copy().flat):
+        assert flat.ctypes.data % HUGE_PAGE == 0 and flat.dtype == np.float32 and flat.flags.c_contiguous
+        assert _root(flat).nbytes >= NUMPY_HUGEPAGE_MIN  # numpy asks for huge pages from 4 MiB on
+    assert len({flat.ctypes.data for flat in (P.flat, tr.state.mem.flat, tr.ws.grads.flat, tr.tmp)}) == 4
+    assert not tr.state.mem.flat.any() and np.array_equal(P.copy().flat, P.flat)
+    assert P.copy().flat.ctypes.data != P.flat.ctypes.data
+
+    small = Params.zeros(100, 65, "float64")  # 184 KB: a plain array, no padding
+    assert small.flat.base is None and small.flat.size == Params.size(100, 65) and not small.flat.any()
+
+
+def test_large_parameter_buffers_get_huge_pages_where_linux_offers_them():
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if not thp.exists() or "[never]" in thp.read_text():
+        pytest.skip("no transparent huge pages on this system")
+    P = Params.zeros(512, 65, "float64")
+    P.flat[...] = 1.0  # touch every page
+    kb = _anon_huge_kb(P.flat.ctypes.data)
+    assert kb is not None and kb >= 2048, f"AnonHugePages {kb} kB for the parameter buffer"
