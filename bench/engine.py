@@ -7,8 +7,9 @@
 One BLAS thread for everyone. The seed has no batch: it always runs at B=1 float64 with the row's H and T.
 Rounds alternate between contenders so background load hits them alike; each contender's best round counts.
 The "per round" column is the median over rounds of the ratio of the two rounds run back to back: a second
-view that a burst of load during one contender's best round cannot move. Each contender trains in a process of its own, the way it runs for real: in one shared process the seed's
-speed depended on what the other contender had allocated before it (the heap's state), by up to 15 %.
+view, which a burst of load during one contender's best round cannot move. Each contender trains in a
+process of its own, the way it runs for real: in one shared process the seed's speed depended on what the
+other contender had allocated before it (the heap's state), by up to 20 %.
 If PyTorch imports, a CPU nn.RNN baseline (one-hot input, Linear output, cross-entropy, Adagrad) is added.
 Not a test: it prints numbers; the lead reads them on a quiet machine.
 """

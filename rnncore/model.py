@@ -38,7 +38,7 @@ def flat_zeros(n: int, dtype, xp=np):
     """A zeroed 1-D array for parameter-sized data: weights, gradients, Adagrad memories, scratch.
 
     A step streams these arrays through the cache many times (Whh alone 2T - 1 times). At H = 512 the four
-    of them fill ~11 MB: ~2,700 pages of 4 KiB, more than a CPU's TLB usually maps, or eight of 2 MiB.
+    of them fill ~10.5 MB: ~2,600 pages of 4 KiB, more than a CPU's TLB usually maps, or eight of 2 MiB.
     So on the CPU an array of 1 MiB or more starts on a 2 MiB boundary inside an allocation of at least
     4 MiB, which numpy asks Linux to back with transparent huge pages (madvise). Measured at H = 512, T = 50,
     batch 1: the step runs about 5 % faster. Small arrays and GPU arrays are a plain zeros(). Where there are
