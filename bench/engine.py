@@ -220,10 +220,7 @@ def main(argv=None) -> int:
           f"{args.rounds} interleaved rounds of {args.seconds:g} s")
     print(f"- CPU: {cpu_name()}; Python {platform.python_version()}; numpy {np.__version__}"
           + (f"; torch {torch.__version__}" if torch else "; torch not installed (no torch column)"))
-    limiter = limit_threads()
     print(f"- BLAS: {blas_info()}")
-    if limiter is not None:
-        limiter.restore_original_limits()
     print(f"- data: {args.data}: {len(corpus.train):,} train chars, vocab {corpus.vocab.size}; "
           "the seed always runs at B=1 float64\n", flush=True)
 

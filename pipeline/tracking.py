@@ -5,6 +5,7 @@ trial or a resumed sweep continues its own run instead of opening a second one.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -147,6 +148,7 @@ def _save_template(built: str, template: str) -> None:
     """An empty copy of a freshly built store (its experiments removed), written atomically; best effort."""
     import sqlite3
 
+    tmp = None
     try:
         os.makedirs(os.path.dirname(template), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(template), prefix=".store.", suffix=".db")
@@ -161,10 +163,9 @@ def _save_template(built: str, template: str) -> None:
             con.close()
         os.replace(tmp, template)
     except Exception:  # noqa: BLE001 - a read-only home, a schema this code does not know: no template
-        try:
-            os.unlink(tmp)
-        except (NameError, OSError):
-            pass
+        if tmp:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 def _new_sqlite_path(uri: str) -> str | None:
