@@ -698,7 +698,7 @@ def test_pbt_run_from_a_checkpoint_the_old_driver_never_reported_is_logged_to_ml
     report = {**row(500, new), "run_token": "after-resume", "start_iteration": 500}
     callback._record(trial, report)
 
-    assert [it for it in sorted(r["iteration"] for r in table.history_of("t0002"))] == [100, 200, 300, 400, 500]
+    assert sorted(r["iteration"] for r in table.history_of("t0002")) == [100, 200, 300, 400, 500]
     assert table.history[("t0002", 500)]["lr"] == new
     assert tracker.client.batches == [("run-2", {"train_loss": (500, 3.0), "val_loss": (500, 3.0),
                                                  "val_bpc": (500, 4.3), "chars_per_sec": (500, 1e4),
