@@ -113,11 +113,17 @@ def run_processes(marker: str) -> list[int]:
     return found
 
 
-def process_name(pid: int) -> str:
+def run_pids(*markers: Path) -> list[int]:
+    """PIDs of the live processes of one run, found by any of its markers (run_processes)."""
+    return sorted({p for m in markers for p in run_processes(str(m))})
+
+
+def named(pid: int) -> str:
+    """"PID name", the name from /proc (Ray's processes rename themselves: ray::IDLE, ray::ImplicitFunc...)."""
     try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
+        return f"{pid} {Path(f'/proc/{pid}/comm').read_text().strip()}"
     except OSError:
-        return "?"
+        return f"{pid} ?"
 
 
 def kill_run_processes(*markers: Path) -> list[str]:
@@ -125,12 +131,12 @@ def kill_run_processes(*markers: Path) -> list[str]:
     Returns them as "PID name"."""
     killed = []
     for _ in range(3):
-        pids = sorted({p for m in markers for p in run_processes(str(m))})
+        pids = run_pids(*markers)
         for pid in pids:
-            name = process_name(pid)
+            name = named(pid)
             try:
                 os.kill(pid, signal.SIGKILL)
-                killed.append(f"{pid} {name}")
+                killed.append(name)
             except ProcessLookupError:
                 pass
         if not pids:
@@ -142,7 +148,7 @@ def kill_run_processes(*markers: Path) -> list[str]:
 def seconds_until_gone(*markers: Path, timeout: float) -> float | None:
     """How long until no process of this run is left (None: some still run after `timeout` seconds)."""
     t0 = time.monotonic()
-    while any(run_processes(str(m)) for m in markers):
+    while run_pids(*markers):
         if time.monotonic() - t0 > timeout:
             return None
         time.sleep(0.1)
@@ -318,8 +324,7 @@ def driver_kill(s: Scenario, sig: signal.Signals) -> Scenario:
     s.facts["rc"] = run.wait(timeout=120)
     s.facts["stop_s"] = time.monotonic() - t_kill
     if sig == signal.SIGINT:  # Ray's processes go with the driver: the last may take a moment to finish exiting
-        s.facts["at_exit"] = [f"{p} {process_name(p)}" for p in
-                              sorted({p for m in (s.ray_tmp, s.cwd) for p in run_processes(str(m))})]
+        s.facts["at_exit"] = [named(p) for p in run_pids(s.ray_tmp, s.cwd)]
         s.facts["gone_s"] = seconds_until_gone(s.ray_tmp, s.cwd, timeout=EXIT_GRACE_S)
     s.facts["orphans"] = kill_run_processes(s.ray_tmp, s.cwd)  # before looking at checkpoints: none may follow
     s.facts["starts_before"] = {t: s.starts(t) for t in TRIALS}

@@ -1,5 +1,6 @@
 """The driver's start-up helpers: the new-store warm-up with its cached empty MLflow store, the start-up thread,
-the corpus read once, and the lean local Ray node. No Ray is started here (except the sweep that checks bad input starts none)."""
+the corpus read once, and the lean local Ray node. No Ray is started here (the sweep that checks bad input
+starts none)."""
 from __future__ import annotations
 
 import os
