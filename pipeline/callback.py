@@ -69,11 +69,11 @@ class SweepCallback(tune.Callback):
             hp = self._hparams(trial)
             self.runs[trial.trial_id] = self.tracker.trial_run(trial_id=key, name=f"{key}-{run_name(trial.config)}",
                                                                params=hp)
-            row = {k: v for k, v in hp.items() if k != "iterations"}
-            if key in self.table.trials:  # resumed: the row holds the values it started with (PBT has changed
-                row = {}  # trial.config since, as it did not change the MLflow params)
+            if key not in self.table.trials:  # else resumed: the row (from the tables or the journal) holds the
+                # values the trial started with; PBT may have changed trial.config since, as not the MLflow params
+                self.table.start_trial(key, {k: v for k, v in hp.items() if k != "iterations"})
             self.table.set_trial(key, {"status": "running", "mlflow_run_id": self.runs[trial.trial_id],
-                                       "target_iterations": hp["iterations"], **row})
+                                       "target_iterations": hp["iterations"]})
         return self.runs[trial.trial_id]
 
     # Tune hooks ----------------------------------------------------------------------------------

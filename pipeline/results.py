@@ -4,9 +4,9 @@ Explicit pyarrow schemas; every write goes to a temp file in the same folder and
 one, so a crash leaves the previous table or the new one, never a truncated file. The sweep file and the
 package versions travel in the file metadata. The only module that writes Parquet.
 
-The tables are rewritten when a trial ends; in between, every report is also appended to a small journal
-(`.history.jsonl` in the output folder, emptied by each write), so a driver killed mid-sweep loses no report
-that reached it: `load_existing` (--resume) reads the tables and then the journal.
+The tables are rewritten when a trial ends; in between, every report and every new trial's starting values
+are also appended to a small journal (`.history.jsonl` in the output folder, emptied by each write), so a
+driver killed mid-sweep loses neither: `load_existing` (--resume) reads the tables and then the journal.
 """
 from __future__ import annotations
 
@@ -103,8 +103,12 @@ class ResultsTable:
             for line in self.journal_path.read_text(encoding="utf-8", errors="replace").splitlines():
                 try:
                     row = json.loads(line)
+                    if isinstance(row.get("start"), dict):  # a trial's starting values (start_trial)
+                        tid = str(row["trial_id"])
+                        self.trials.setdefault(tid, {"trial_id": tid, **row["start"]})
+                        continue
                     key = (str(row["trial_id"]), int(row["iteration"]))
-                except (ValueError, KeyError, TypeError):  # a line cut short by the kill
+                except (ValueError, KeyError, TypeError, AttributeError):  # a line cut short by the kill
                     continue
                 if isinstance(row.get("branch"), int):  # the first report of a PBT branch
                     self._branch(key[0], row["branch"])
@@ -146,6 +150,14 @@ class ResultsTable:
     def _add_exploit(self, row: Mapping[str, Any]) -> None:
         if row not in self.exploits:  # a report repeated after a restart
             self.exploits.append(dict(row))
+
+    def start_trial(self, trial_id: str, row: Mapping[str, Any]) -> None:
+        """A new trial's row with the values it starts with (PBT may change them later), also appended to the
+        journal: a resumed driver sees the trial's config as PBT left it, so only this row knows them."""
+        self.set_trial(trial_id, row)
+        self.output.mkdir(parents=True, exist_ok=True)
+        with open(self.journal_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"trial_id": trial_id, "start": dict(row)}) + "\n")
 
     def set_trial(self, trial_id: str, row: Mapping[str, Any]) -> None:
         self.trials[trial_id] = {**self.trials.get(trial_id, {}), "trial_id": trial_id, **row}

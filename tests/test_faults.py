@@ -597,6 +597,34 @@ def test_reports_survive_a_driver_kill_through_the_journal(tmp_path: Path) -> No
                                                         ("t0000", 40), ("t0001", 10)]
 
 
+def test_a_trials_starting_values_survive_a_driver_kill_through_the_journal(tmp_path: Path) -> None:
+    """Before any trial ends there is no trials.parquet, and a resumed driver sees each trial's config as PBT
+    left it: the values a trial started with come back from the journal, and a written table keeps its own."""
+    from pipeline.results import ResultsTable
+
+    first = ResultsTable(tmp_path, sweep_text="name: x\n")
+    first.start_trial("t0000", {"learning_rate": 0.00129, "hidden_size": 64})
+    first.set_trial("t0000", {"status": "running"})
+    first.add_report("t0000", {"iteration": 100, "train_loss": 3.0, "val_loss": 3.1, "val_bpc": 4.4,
+                               "chars_per_sec": 1e4, "elapsed_s": 1.0, "lr": 0.00129})
+    first.start_trial("t0001", {"learning_rate": 0.2, "hidden_size": 64})
+    with open(first.journal_path, "a") as f:
+        f.write('{"trial_id": "t0002", "start": {"learning_ra')  # the kill cut this line short
+    del first  # SIGKILL: no table was ever written
+
+    second = ResultsTable(tmp_path, sweep_text="name: x\n")
+    second.load_existing()
+    assert second.trials == {"t0000": {"trial_id": "t0000", "learning_rate": 0.00129, "hidden_size": 64},
+                             "t0001": {"trial_id": "t0001", "learning_rate": 0.2, "hidden_size": 64}}
+    assert sorted(second.history) == [("t0000", 100)]
+    second.set_trial("t0000", {"status": "finished", "final_lr": 0.0419})
+    second.write()  # the table now holds the row; the journal is emptied
+
+    third = ResultsTable(tmp_path, sweep_text="name: x\n")
+    third.load_existing()
+    assert third.trials["t0000"]["learning_rate"] == 0.00129 and third.trials["t0000"]["status"] == "finished"
+
+
 @pytest.mark.slow  # builds an MLflow store
 def test_a_new_driver_reattaches_the_parent_and_child_runs_and_skips_logged_steps(tmp_path: Path) -> None:
     """Child runs carry the sweep tag too, and start after the parent: the parent is the tagged run without a

@@ -640,7 +640,7 @@ def test_optuna_sweep_resumes_after_the_driver_was_killed(tmp_path: Path, cli_en
     journal = tmp_path / "out" / ".history.jsonl"
 
     def ready(run: Driver) -> None:
-        wait_for_text(run, journal, '"trial_id": "t0002"', "a report of t0002")
+        wait_for_text(run, journal, '"trial_id": "t0002", "iteration"', "a report of t0002")
 
     run, resumed, rc = _interrupt_and_resume(tmp_path, sweep, corpus_text(CORPUS_CHARS), env, ray_tmp, ready,
                                              signal.SIGKILL)
