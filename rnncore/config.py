@@ -1,40 +1,62 @@
-"""TrainConfig: every option of the engine, declared once.
+"""TrainConfig: every option of the engine, declared once — type, default, kind, rule and meaning.
 
-The sweep file embeds these names under `train:`; the CLI exposes them as flags.
+The sweep file embeds these names under `train:`; the CLI exposes them as flags. Each option has one kind,
+which everything that combines trials reads from here:
+    SHAPE   fixes the arrays or the loop's schedule: packed trials must share it, PBT may not change it
+    MEMBER  per trial and fixed for the run: packed trials may differ
+    MUTABLE per trial, and may change mid-run: packed trials may differ, PBT may mutate it
 """
 from __future__ import annotations
 
 import difflib
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
 DTYPES = ("float64", "float32")
 DEVICES = ("cpu", "gpu", "auto")
+CELLS = ("rnn", "lstm", "gru")
+OPTIMIZERS = ("adagrad", "adam", "rmsprop")
+SCHEDULES = ("constant", "cosine")
+
+SHAPE, MEMBER, MUTABLE = "shape", "member", "mutable"
+
+
+def _opt(default: Any, kind: str):
+    return field(default=default, metadata={"kind": kind})
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    hidden_size: int = 100  # H, units in the single tanh layer
-    seq_length: int = 25  # T, characters per truncated-BPTT window
-    learning_rate: float = 0.1  # Adagrad step size (the seed's 1e-1)
-    batch_size: int = 1  # B, parallel streams at equally spaced offsets; 1 = the seed's schedule
-    dtype: str = "float64"  # "float64" (the seed) or "float32" (about 2x faster at B > 1)
-    iterations: int = 10_000  # parameter updates to make
-    eval_every: int = 1000  # iterations between validation evaluations (and reports)
-    sample_every: int = 1000  # iterations between samples; 0 = only at the end
-    sample_length: int = 200  # characters per sample (the seed's 200)
-    temperature: float = 1.0  # softmax temperature of training-time samples
-    seed: int = 0  # seeds the np.random.Generator for the initial weights and samples
-    clip: float = 5.0  # element-wise gradient clip to [-clip, clip]
-    init_scale: float = 0.01  # weights start as randn * init_scale, biases at zero
-    adagrad_eps: float = 1e-8  # Adagrad's epsilon inside the square root
-    eval_streams: int = 32  # validation split is cut into this many contiguous segments run in parallel
-    device: str = "cpu"  # "cpu" (numpy), "gpu" (CuPy), "auto" (GPU when one is assigned/visible); use float32 on GPUs
+    cell: str = _opt("rnn", SHAPE)  # "rnn" (the seed's tanh cell), "lstm" or "gru"
+    num_layers: int = _opt(1, SHAPE)  # L, stacked layers; layer l > 0 reads layer l-1's hidden state
+    hidden_size: int = _opt(100, SHAPE)  # H, units in each layer
+    seq_length: int = _opt(25, SHAPE)  # T, characters per truncated-BPTT window
+    dropout: float = _opt(0.0, MUTABLE)  # inverted dropout on each layer's output while training; 0 = off
+    optimizer: str = _opt("adagrad", SHAPE)  # "adagrad" (the seed's), "adam" or "rmsprop"
+    learning_rate: float = _opt(0.1, MUTABLE)  # peak step size (the seed's Adagrad 1e-1)
+    lr_schedule: str = _opt("constant", SHAPE)  # "constant", or "cosine" down to learning_rate / 10 at the end
+    warmup: int = _opt(0, SHAPE)  # iterations of linear warm-up from learning_rate / warmup (any schedule)
+    batch_size: int = _opt(1, SHAPE)  # B, parallel streams at equally spaced offsets; 1 = the seed's schedule
+    dtype: str = _opt("float64", SHAPE)  # "float64" (the seed) or "float32" (about 2x faster at B > 1)
+    iterations: int = _opt(10_000, SHAPE)  # parameter updates to make
+    eval_every: int = _opt(1000, SHAPE)  # iterations between validation evaluations (and reports)
+    sample_every: int = _opt(1000, SHAPE)  # iterations between samples; 0 = only at the end
+    sample_length: int = _opt(200, SHAPE)  # characters per sample (the seed's 200)
+    temperature: float = _opt(1.0, MUTABLE)  # softmax temperature of training-time samples
+    seed: int = _opt(0, MEMBER)  # seeds the np.random.Generator for the initial weights, dropout and samples
+    clip: float = _opt(5.0, MUTABLE)  # element-wise gradient clip to [-clip, clip]
+    init_scale: float = _opt(0.01, MEMBER)  # weights start as randn * init_scale, biases at zero (LSTM forget: 1)
+    adagrad_eps: float = _opt(1e-8, MUTABLE)  # Adagrad's epsilon inside the square root
+    eval_streams: int = _opt(32, SHAPE)  # validation split is cut into this many contiguous segments run in parallel
+    device: str = _opt("cpu", SHAPE)  # "cpu" (numpy), "gpu" (CuPy), "auto" (GPU when one is assigned/visible)
 
     def __post_init__(self) -> None:
         for f in fields(self):
             check_value(f.name, getattr(self, f.name))
+        problem = check_together(self.to_dict())
+        if problem:
+            raise ValueError(problem)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -52,17 +74,36 @@ class TrainConfig:
     def replace(self, **changes: Any) -> "TrainConfig":
         return TrainConfig.from_dict({**self.to_dict(), **changes})
 
+    @property
+    def state_size(self) -> int:
+        """Width of the carried state: every layer's h, and for an LSTM every layer's c too."""
+        return self.hidden_size * self.num_layers * (2 if self.cell == "lstm" else 1)
+
 
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in fields(TrainConfig))
 FIELD_TYPES: dict[str, type] = {f.name: type(f.default) for f in fields(TrainConfig)}
+KINDS: dict[str, str] = {f.name: f.metadata["kind"] for f in fields(TrainConfig)}
+SHAPE_KEYS = tuple(k for k in FIELD_NAMES if KINDS[k] == SHAPE)  # packed trials share these; PBT keeps them
+MUTABLE_KEYS = tuple(k for k in FIELD_NAMES if KINDS[k] == MUTABLE)  # PBT may change these mid-run
+
+
+def _one_of(values: tuple[str, ...]) -> tuple[Callable[[Any], bool], str, str]:
+    return (lambda v: v in values, f"must be one of {', '.join(values)}", f"pick {' or '.join(values)}")
+
 
 # name -> (predicate, rule as a sentence fragment, fix)
 _RULES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
+    "cell": _one_of(CELLS),
+    "num_layers": (lambda v: v >= 1, "must be >= 1", "use 1 for a single layer, 2 or 3 to stack"),
     "hidden_size": (lambda v: v > 0, "must be > 0", "use a positive number of hidden units"),
     "seq_length": (lambda v: v > 0, "must be > 0", "use a positive window length"),
-    "learning_rate": (lambda v: v > 0, "must be > 0", "try 0.1 (the seed's value) or 0.01"),
+    "dropout": (lambda v: 0.0 <= v < 1.0, "must be in [0, 1)", "use 0 for none, 0.1-0.5 against overfitting"),
+    "optimizer": _one_of(OPTIMIZERS),
+    "learning_rate": (lambda v: v > 0, "must be > 0", "try 0.1 for adagrad (the seed's) or 0.002 for adam"),
+    "lr_schedule": _one_of(SCHEDULES),
+    "warmup": (lambda v: v >= 0, "must be >= 0", "use 0 for no warm-up"),
     "batch_size": (lambda v: v > 0, "must be > 0", "use 1 for the seed's schedule"),
-    "dtype": (lambda v: v in DTYPES, f"must be one of {', '.join(DTYPES)}", "pick float64 or float32"),
+    "dtype": _one_of(DTYPES),
     "iterations": (lambda v: v > 0, "must be > 0", "train for at least one iteration"),
     "eval_every": (lambda v: v > 0, "must be > 0", "evaluate every few hundred iterations"),
     "sample_every": (lambda v: v >= 0, "must be >= 0", "use 0 to sample only at the end"),
@@ -73,7 +114,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "init_scale": (lambda v: v > 0, "must be > 0", "the seed uses 0.01"),
     "adagrad_eps": (lambda v: v > 0, "must be > 0", "the seed uses 1e-8"),
     "eval_streams": (lambda v: v > 0, "must be > 0", "use 1 to evaluate as one stream"),
-    "device": (lambda v: v in DEVICES, f"must be one of {', '.join(DEVICES)}", "pick cpu, gpu or auto"),
+    "device": _one_of(DEVICES),
 }
 
 
@@ -100,7 +141,19 @@ def check_value(name: str, value: Any) -> None:
     value = coerce(name, value)
     ok, rule, fix = _RULES[name]
     if not ok(value):
+        if FIELD_TYPES[name] is str:
+            close = difflib.get_close_matches(value, rule.removeprefix("must be one of ").split(", "), n=1)
+            fix = f"did you mean {close[0]!r}?" if close else fix
         raise ValueError(f"{name} {rule}, but got {name}={value!r}; {fix}")
+
+
+def check_together(values: dict[str, Any]) -> str | None:
+    """The rules that tie options together, for a full set of values; the first one broken, or None."""
+    warmup, iterations = values.get("warmup", 0), values.get("iterations", TrainConfig.iterations)
+    if warmup > iterations:
+        return (f"warmup must be <= iterations, but got warmup={warmup} with iterations={iterations}; "
+                f"lower warmup (a few percent of the run is usual) or raise iterations")
+    return None
 
 
 def unknown_key_message(key: str) -> str:
