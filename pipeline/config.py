@@ -47,7 +47,17 @@ from pydantic import (
     model_validator,
 )
 
-from rnncore.config import FIELD_NAMES, FIELD_TYPES, TrainConfig, check_value, coerce
+from rnncore.config import (
+    FIELD_NAMES,
+    FIELD_TYPES,
+    KINDS,
+    MUTABLE_KEYS,
+    SHAPE,
+    TrainConfig,
+    check_together,
+    check_value,
+    coerce,
+)
 from rnncore.data import Corpus, CorpusError, check_fits, load_corpus
 
 __all__ = [
@@ -58,7 +68,6 @@ __all__ = [
     "FILE_KEYS",
     "FifoScheduler",
     "METRICS",
-    "MUTABLE",
     "MlflowConfig",
     "OptunaSearch",
     "PbtScheduler",
@@ -106,6 +115,14 @@ _INT_COUNTERPART = {"uniform": "randint", "quniform": "qrandint", "loguniform": 
                     "qloguniform": "lograndint or qrandint"}
 
 Problem = tuple[str, str]  # (dotted key, "rule, but got value; fix")
+
+
+class _Problems(ValueError):
+    """Several problems inside one key's value, each under its own sub-key (``mutations`` -> ``.num_layers``)."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(f"{key}: {text}" for key, text in self.problems))
 
 
 # --------------------------------------------------------------------------- errors
@@ -481,9 +498,18 @@ class AshaScheduler(_Section):
     max_t: int | None = Field(None, ge=1)  # None on its own; SweepConfig fills in the largest `iterations`
 
 
-# Options that may change while a trial trains (PBT mutates them between checkpoints); the others fix the
-# shapes of the weights or the data schedule that a checkpoint carries.
-MUTABLE: tuple[str, ...] = ("learning_rate", "clip", "adagrad_eps", "temperature")
+def _not_mutable(name: str) -> str:
+    """Why PBT cannot mutate option ``name``, and what to do instead (rnncore.config declares each option's kind)."""
+    if name not in FIELD_NAMES:
+        close = difflib.get_close_matches(name, FIELD_NAMES, n=1)
+        return f"unknown option; did you mean {close[0]!r}?" if close else \
+            f"unknown option; PBT can mutate {', '.join(MUTABLE_KEYS)}"
+    if KINDS[name] == SHAPE:
+        return (f"cannot change while a trial trains, because {name} shapes the model or its training schedule "
+                f"and a PBT copy continues another trial's checkpoint; search it under train: instead (each trial "
+                f"keeps its value), and mutate one of {', '.join(MUTABLE_KEYS)}")
+    return (f"cannot change while a trial trains, because {name} only takes effect when a trial starts; search it "
+            f"under train: instead, and mutate one of {', '.join(MUTABLE_KEYS)}")
 
 
 def _parse_mutations(value: Any) -> dict[str, Domain]:
@@ -491,24 +517,23 @@ def _parse_mutations(value: Any) -> dict[str, Domain]:
     if not isinstance(value, Mapping) or not value:
         raise ValueError(f"must map options to search domains, but got {_show(value)}; "
                          "write e.g. mutations: {learning_rate: {loguniform: [0.001, 0.3]}}")
-    out, problems = {}, []
+    out: dict[str, Domain] = {}
+    problems: list[Problem] = []
     for name, spec in value.items():
         key = str(name)
-        if name not in MUTABLE:
-            why = _unknown(name, FIELD_NAMES) if name not in FIELD_NAMES else \
-                f"{name} cannot change while a trial trains (PBT copies weights and data position between trials)"
-            problems.append(f"{key}: {why}; PBT can mutate {', '.join(MUTABLE)}")
+        if name not in MUTABLE_KEYS:
+            problems.append((key, _not_mutable(key)))
             continue
         parsed, option_problems = _parse_option(name, spec, key)
         if option_problems:
-            problems += [f"{k}: {text}" for k, text in option_problems]
+            problems += option_problems
         elif not isinstance(parsed, Domain) or parsed.is_grid:
-            problems.append(f"{key}: must be a search domain to draw new values from, but got {_show(spec)}; "
-                            f"write e.g. {name}: {{loguniform: [low, high]}} or {{choice: [...]}}")
+            problems.append((key, f"must be a search domain to draw new values from, but got {_show(spec)}; "
+                                  f"write e.g. {name}: {{loguniform: [low, high]}} or {{choice: [...]}}"))
         else:
             out[name] = parsed
     if problems:
-        raise ValueError("; ".join(problems))
+        raise _Problems(problems)
     return out
 
 
@@ -846,6 +871,15 @@ _COMPARISONS = {"greater_than": ("gt", ">"), "greater_than_equal": ("ge", ">="),
                 "less_than_equal": ("le", "<=")}
 
 
+def _describe_all(error: Mapping[str, Any]) -> list[Problem]:
+    """One pydantic error as its problems: one, or each sub-key's of a value that holds several."""
+    key, text = _describe(error)
+    inner = (error.get("ctx") or {}).get("error")
+    if isinstance(inner, _Problems):
+        return [(f"{key}.{sub}", sub_text) for sub, sub_text in inner.problems]
+    return [(key, text)]
+
+
 def _describe(error: Mapping[str, Any]) -> Problem:
     """One pydantic error as ``(dotted key, "rule, but got value; fix")``."""
     loc = [str(part) for part in error["loc"]]
@@ -935,7 +969,7 @@ def _validate(data: dict[str, Any], context: dict[str, Any]) -> tuple[SweepConfi
         return SweepConfig.model_validate(data, context=context), [], set()
     except ValidationError as e:
         errors = e.errors()
-    problems = [_describe(err) for err in errors]
+    problems = [p for err in errors for p in _describe_all(err)]
     broken = {str(err["loc"][0]) for err in errors if err["loc"]}
     repaired = {k: v for k, v in data.items() if k not in broken}
     if "name" in broken:

@@ -1,19 +1,16 @@
 """Packed trials: the sweep's trials drawn up front and grouped into packs that train as one computation.
 
-Trials can share a pack when every engine option that fixes an array shape or the loop's schedule agrees;
-the options that differ per trial are the scalars a packed member keeps for itself.
+Trials can share a pack when every engine option that fixes an array shape or the loop's schedule agrees
+(the options rnncore.config declares of kind "shape", SHAPE_KEYS); the others are the scalars a packed member
+keeps for itself.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from rnncore.config import FIELD_NAMES
+from rnncore.config import SHAPE_KEYS
 
 from .config import SweepConfig
-
-# per-member scalars: everything else must agree inside a pack
-MEMBER_KEYS = ("learning_rate", "clip", "adagrad_eps", "init_scale", "seed", "temperature")
-SHARED_KEYS = tuple(k for k in FIELD_NAMES if k not in MEMBER_KEYS)
 
 
 def expand_trials(cfg: SweepConfig) -> list[dict[str, Any]]:
@@ -32,11 +29,11 @@ def expand_trials(cfg: SweepConfig) -> list[dict[str, Any]]:
 
 
 def make_packs(trials: list[dict[str, Any]], base: dict[str, Any], max_trials: int) -> list[list[int]]:
-    """Indices of trials grouped by their shared options, each group cut into packs of at most max_trials."""
+    """Indices of trials grouped by their shape options, each group cut into packs of at most max_trials."""
     groups: dict[tuple, list[int]] = {}
     for i, t in enumerate(trials):
         values = {**base, **t}
-        groups.setdefault(tuple(values[k] for k in SHARED_KEYS), []).append(i)
+        groups.setdefault(tuple(values[k] for k in SHAPE_KEYS), []).append(i)
     packs = []
     for members in groups.values():
         packs.extend(members[j: j + max_trials] for j in range(0, len(members), max_trials))
