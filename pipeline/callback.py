@@ -36,7 +36,7 @@ class SweepCallback(tune.Callback):
 
     def __init__(self, *, cfg: SweepConfig, tracker, table):
         self.cfg, self.tracker, self.table = cfg, tracker, table
-        self.base = cfg.base_config().to_dict()  # the fixed options every trial starts from
+        self.base = cfg.base_values()  # the fixed options every trial starts from
         self.runs: dict[str, str] = {}  # Tune trial id (or packed member id) -> MLflow run id
         self.index: dict[str, int] = {}  # Tune trial id (or packed member id) -> position in generation order
         self.runs_seen: dict[str, list[str]] = {}  # PBT: trial key -> the run tokens of its runs, newest last

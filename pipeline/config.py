@@ -724,9 +724,12 @@ class SweepConfig(_Section):
             self._corpus = load_corpus(self.data.path, self.data.val_fraction)
         return self._corpus
 
-    def base_config(self) -> TrainConfig:
-        """The fixed values on top of the engine defaults; searched options keep their default."""
-        return TrainConfig(**self.fixed)
+    def base_values(self) -> dict[str, Any]:
+        """Every engine option: the fixed values on top of the engine defaults; searched options keep their default.
+
+        A dict, not a TrainConfig: a searched option at its default may break a rule that ties options together
+        (warmup 20000 fixed, iterations searched over 30000-40000), which only each trial's own values must keep."""
+        return {**TrainConfig().to_dict(), **self.fixed}
 
     def tune_space(self) -> dict[str, Any]:
         """What each trial's config holds: the searched options as Tune domains, and under PBT also the
@@ -1037,6 +1040,8 @@ def _semantic_problems(cfg: SweepConfig, broken: set[str], check_corpus: bool) -
                                            "alg optuna; use search_alg: random with scheduler pbt, or another scheduler"))
     if isinstance(cfg.scheduler, PbtScheduler) and "scheduler" not in broken:
         problems += _pbt_problems(cfg, cfg.scheduler, broken)
+    if not {"train.warmup", "train.iterations"} & broken:
+        problems.append(_together_problem(cfg))
     if check_corpus and "data" not in broken:
         try:
             corpus = cfg.corpus()
@@ -1055,6 +1060,20 @@ def _semantic_problems(cfg: SweepConfig, broken: set[str], check_corpus: bool) -
     if "storage" not in broken and cfg.storage and "://" not in cfg.storage:
         problems.append(_folder_problem("storage", Path(cfg.storage)))
     return [p for p in problems if p is not None]
+
+
+def _together_problem(cfg: SweepConfig) -> Problem | None:
+    """The engine's rules that tie options together (rnncore.config.check_together), for the worst trial the
+    sweep can make: the largest warmup with the fewest iterations."""
+    warmup, iterations = cfg.value_range("warmup")[1], cfg.value_range("iterations")[0]
+    problem = check_together({**cfg.base_values(), "warmup": warmup, "iterations": iterations})
+    if problem is None:
+        return None
+    searched = [f"the {end} {k}" for end, k in (("largest", "warmup"), ("fewest", "iterations")) if k in cfg.searched]
+    if searched:  # "rule, but got value; fix": say where the values come from before the fix
+        rule_value, _, fix = problem.partition("; ")
+        problem = f"{rule_value} ({' and '.join(searched)} the search can draw); {fix}"
+    return "train.warmup", problem
 
 
 def _pbt_problems(cfg: SweepConfig, pbt: PbtScheduler, broken: set[str]) -> list[Problem]:

@@ -123,7 +123,7 @@ def run_sweep(cfg: SweepConfig, *, address: str | None, resume: bool) -> int:
         if resume:
             table.load_existing()
         callback = SweepCallback(cfg=cfg, tracker=tracker, table=table)
-        base = cfg.base_config().to_dict()
+        base = cfg.base_values()
         common = dict(corpus=corpus, base=base, sweep_seed=cfg.seed, derive_seed=cfg.derive_seed)
         packs = None
         if cfg.packing:  # trials drawn up front and grouped: one Tune trial trains one pack

@@ -179,6 +179,15 @@ BAD_CASES: list[tuple[str, Callable[[dict], dict] | str, Callable[[Path], None] 
     ("grace-period-beyond-searched-iterations",
      edit(train__iterations={"grid_search": [40, 200]}, scheduler={"type": "asha", "grace_period": 50}), None,
      ["grace_period=50 > iterations=40"]),
+    ("warmup-beyond-iterations", edit(train__warmup=500), None,
+     ["train.warmup: warmup must be <= iterations, but got warmup=500 with iterations=100; lower warmup",
+      "or raise iterations"]),
+    ("searched-warmup-can-exceed-iterations", edit(train__warmup={"randint": [0, 200]}), None,
+     ["train.warmup: warmup must be <= iterations, but got warmup=199 with iterations=100 (the largest warmup the "
+      "search can draw); lower warmup"]),
+    ("warmup-beyond-searched-iterations", edit(train__warmup=60, train__iterations={"choice": [50, 100]}), None,
+     ["train.warmup: warmup must be <= iterations, but got warmup=60 with iterations=50 (the fewest iterations the "
+      "search can draw); lower warmup"]),
     ("seq-length-longer-than-training-split", edit(train__seq_length={"choice": [16, 5000]}), None,
      ["train.seq_length: the largest seq_length=5000", "1800 characters", "lower seq_length or batch_size"]),
     ("corpus-missing", edit(data__path="missing.txt"), None,
@@ -305,11 +314,20 @@ def test_contract_plan_text(monkeypatch: pytest.MonkeyPatch) -> None:
         assert line in plan, f"{line!r} not in:\n{plan}"
 
 
-def test_contract_base_config_keeps_defaults_for_searched(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_contract_base_values_keep_defaults_for_searched(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
-    base = load_sweep("sweeps/basic.yaml").base_config()
-    assert base == TrainConfig(batch_size=8, dtype="float32", iterations=2000, eval_every=250, sample_every=1000)
-    assert base.hidden_size == TrainConfig.hidden_size  # searched, so the engine default
+    base = load_sweep("sweeps/basic.yaml").base_values()
+    assert base == TrainConfig(batch_size=8, dtype="float32", iterations=2000, eval_every=250,
+                               sample_every=1000).to_dict()
+    assert base["hidden_size"] == TrainConfig.hidden_size  # searched, so the engine default
+
+
+def test_a_searched_option_at_its_default_may_break_a_rule_that_only_trials_keep(workspace: Path) -> None:
+    """warmup 20000 is fine for every trial (30000 or 40000 iterations), though not with the default 10000."""
+    sweep = edit(train__warmup=20000, train__iterations={"choice": [30000, 40000]})(copy.deepcopy(BASE))
+    cfg = load_sweep(write_sweep(workspace, sweep))
+    assert cfg.base_values()["warmup"] == 20000 and cfg.base_values()["iterations"] == TrainConfig.iterations
+    assert "warmup" in cfg.plan_text()
 
 
 def test_shakespeare_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -326,7 +344,7 @@ def test_shakespeare_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_defaults(workspace: Path) -> None:
     cfg = load_sweep(write_sweep(workspace, {"name": "d", "data": {"path": "corpus.txt"}}))
-    assert cfg.train == {} and cfg.num_trials == 1 and cfg.base_config() == TrainConfig()
+    assert cfg.train == {} and cfg.num_trials == 1 and cfg.base_values() == TrainConfig().to_dict()
     assert isinstance(cfg.scheduler, FifoScheduler)
     assert (cfg.num_samples, cfg.seed, cfg.metric, cfg.mode, cfg.max_concurrent_trials) == (1, 0, "val_loss", "min",
                                                                                            None)
