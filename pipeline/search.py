@@ -16,6 +16,8 @@ from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining, TrialScheduler
 
+from rnncore.config import check_value, coerce
+
 from .config import AshaScheduler, OptunaSearch, PbtScheduler, SweepConfig
 
 
@@ -49,7 +51,7 @@ def scheduler(cfg: SweepConfig):
         return _FinalReportPBT(
             time_attr="iteration", perturbation_interval=s.perturbation_interval, burn_in_period=s.burn_in_period,
             hyperparam_mutations=mutations(cfg), quantile_fraction=s.quantile_fraction,
-            resample_probability=s.resample_probability, log_config=False)
+            resample_probability=s.resample_probability, custom_explore_fn=KeepValid(cfg), log_config=False)
     return FIFOScheduler()
 
 
@@ -77,6 +79,24 @@ def mutations(cfg: SweepConfig) -> dict[str, Any]:
     """PBT's hyperparam_mutations: Tune domains (a choice stays a list: PBT then steps to a neighbour)."""
     assert isinstance(cfg.scheduler, PbtScheduler)
     return {k: list(d.values()) if d.is_categorical else d.to_tune() for k, d in cfg.scheduler.mutations.items()}
+
+
+class KeepValid:
+    """PBT's custom_explore_fn. Tune scales a mutated number by 1.2 or 0.8 with no bound, and repeated copies
+    compound it, so a dropout of 0.9 would become 1.08 and fail its trial. A perturbed value that breaks its
+    option's rule goes to the nearest end of its mutation range (whose ends load_sweep checked against the rule)."""
+
+    def __init__(self, cfg: SweepConfig) -> None:
+        assert isinstance(cfg.scheduler, PbtScheduler)
+        self.ranges = {k: d.extremes() for k, d in cfg.scheduler.mutations.items() if not d.is_categorical}
+
+    def __call__(self, config: dict[str, Any]) -> dict[str, Any]:
+        for name, (low, high) in self.ranges.items():
+            try:
+                check_value(name, config[name])
+            except ValueError:
+                config[name] = coerce(name, min(max(config[name], low), high))
+        return config
 
 
 def checkpoints_to_keep(cfg: SweepConfig) -> int | None:

@@ -388,6 +388,26 @@ def test_the_tune_objects_follow_the_file(workspace: Path) -> None:
     assert search.mutations(cfg)["temperature"] == [0.5, 1.0]
 
 
+def test_a_perturbed_value_keeps_its_rule(workspace: Path) -> None:
+    """Tune scales a mutated number by 1.2 or 0.8 without bound; a value that breaks its option's rule (dropout
+    reaching 1) goes to the end of its mutation range, and one that keeps it (a learning rate above its range)
+    is left alone."""
+    from ray.tune.schedulers.pbt import _explore
+
+    from pipeline import search
+
+    cfg = _load(workspace, _change(PBT, train__dropout=0.5, scheduler__mutations={
+        "learning_rate": {"loguniform": list(LR_RANGE)}, "dropout": {"uniform": [0.0, 0.9]}}))
+    keep = search.scheduler(cfg)._custom_explore_fn
+    assert keep({"learning_rate": 0.6, "dropout": 1.08}) == {"learning_rate": 0.6, "dropout": 0.9}
+    assert keep({"learning_rate": 0.1, "dropout": 0.5}) == {"learning_rate": 0.1, "dropout": 0.5}
+    config, seen = {"learning_rate": 0.4, "dropout": 0.5}, []
+    for _ in range(6):  # Tune's own explore step, always scaling up: 0.6, 0.72, 0.864, then 1.04 -> 0.9
+        config, _ = _explore(config, search.mutations(cfg), 0.0, (1.2,), keep)
+        seen.append(round(config["dropout"], 6))
+    assert seen == [0.6, 0.72, 0.864, 0.9, 0.9, 0.9] and config["learning_rate"] > LR_RANGE[1]
+
+
 _OPT_BAD = _change(OPTUNA, train__iterations=100, train__eval_every=50)
 _PBT_BAD = _change(PBT)
 
