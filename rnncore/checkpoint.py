@@ -1,13 +1,17 @@
 """TrainState <-> one .npz file, loaded with allow_pickle=False.
 
-Arrays: the seed's Wxh (H,V), Whh (H,H), Why (V,H), bh (H,1), by (V,1); vocab (V,) unicode; Adagrad
-memories mWxh ... mby; h (B,H). Scalars: iteration, p, smooth_loss. JSON strings: config, rng_state.
-A file holding only the five weights and vocab is enough for `load_weights` (sampling, --init-from).
+Arrays: the model's weights by name (one rnn layer: the seed's Wxh (H,V), Whh (H,H), Why (V,H), bh (H,1),
+by (V,1); rnncore.model.shapes lists every cell's); vocab (V,) unicode; the optimizer's memories m<name>
+(and Adam's first moments mom<name>); h (B, S*H). Scalars: iteration, p, smooth_loss. JSON strings: config
+(which names the cell and the layer count), rng_state. A file holding only the weights and vocab is enough
+for `load_weights` (sampling, --init-from): the cell and the layer count are read off the arrays' shapes,
+so files written before there were cells load as the seed's rnn.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -17,10 +21,11 @@ import numpy as np
 from .config import TrainConfig
 from .data import Vocab
 from .model import Params, shapes
-from .trainer import TrainState, host_state
+from .trainer import TrainState, check_state, host_state
 
-FORMAT = "rnncore-checkpoint-1"
-WEIGHTS = Params.NAMES
+FORMAT = "rnncore-checkpoint-2"
+WEIGHTS = Params.NAMES  # the seed's five arrays: every checkpoint has arrays of these names
+GATES = {1: "rnn", 4: "lstm", 3: "gru"}  # gate blocks in Whh -> cell
 
 
 class CheckpointError(ValueError):
@@ -38,8 +43,11 @@ def save(path: str | os.PathLike, cfg: TrainConfig, vocab: Vocab, state: TrainSt
     """Write atomically (temp file + rename): a crash leaves the old file or the new one, never half."""
     path = os.fspath(path)
     state = host_state(state)
-    arrays = {name: a for name, a in zip(WEIGHTS, state.params.arrays())}
-    arrays.update({"m" + name: a for name, a in zip(WEIGHTS, state.mem.arrays())})
+    P = state.params
+    arrays = {name: getattr(P, name) for name in P.names}
+    arrays.update({"m" + name: getattr(state.mem, name) for name in P.names})
+    if state.mom is not None:
+        arrays.update({"mom" + name: getattr(state.mom, name) for name in P.names})
     arrays.update(vocab=vocab.to_array(), h=state.h, iteration=np.int64(state.iteration), p=np.int64(state.p),
                   smooth_loss=np.float64(state.smooth_loss), config=np.str_(cfg.to_json()),
                   rng_state=np.str_(json.dumps(state.rng.bit_generator.state)), format=np.str_(FORMAT))
@@ -87,31 +95,53 @@ def _vocab(path, a: np.ndarray) -> Vocab:
     return Vocab(tuple(a.tolist()))
 
 
+def _model(path, z: dict) -> tuple[str, int]:
+    """The cell and the layer count, read off the arrays (Whh's gate blocks; Whh1, Whh2, ... for layers)."""
+    rows, H = z["Whh"].shape if z["Whh"].ndim == 2 else (0, 0)
+    cell = GATES.get(rows // H if H and rows % H == 0 else 0)
+    if cell is None:
+        raise CheckpointError(f"{os.fspath(path)}: Whh has shape {z['Whh'].shape}; expected (G*H, H) with G = 1 "
+                              "(rnn), 4 (lstm) or 3 (gru)")
+    layers = 1 + sum(1 for k in z if re.fullmatch(r"Whh[1-9]\d*", k))
+    return cell, layers
+
+
 def load_weights(path: str | os.PathLike) -> tuple[Params, Vocab]:
-    """The five weight arrays and the vocabulary of any .npz that has them."""
+    """The weight arrays and the vocabulary of any .npz that has them (Params.cell / num_layers say the model)."""
     z = _open(path)
     _require(path, z, (*WEIGHTS, "vocab"))
     vocab = _vocab(path, z["vocab"])
-    H, V = z["Whh"].shape[0], vocab.size
-    for name, shape in shapes(H, V).items():
-        a = z[name]
-        if a.shape != shape or a.dtype.kind != "f":
-            raise CheckpointError(f"{os.fspath(path)}: {name} has shape {a.shape} and dtype {a.dtype}, "
-                                  f"expected a float array of shape {shape} (H={H}, V={V})")
-    return Params.from_arrays(*(z[n] for n in WEIGHTS)), vocab
+    cell, layers = _model(path, z)
+    H, V = z["Whh"].shape[1], vocab.size
+    for name, shape in shapes(H, V, cell, layers).items():
+        a = z.get(name)
+        if a is None or a.shape != shape or a.dtype.kind != "f":
+            got = "is missing" if a is None else f"has shape {a.shape} and dtype {a.dtype}"
+            raise CheckpointError(f"{os.fspath(path)}: {name} {got}, expected a float array of shape {shape} "
+                                  f"(a {layers}-layer {cell}, H={H}, V={V})")
+    return Params.from_named(z, cell, layers), vocab
 
 
 def load(path: str | os.PathLike) -> Checkpoint:
     """Everything needed to continue training bit for bit."""
     P, vocab = load_weights(path)
     z = _open(path)
-    _require(path, z, ("config", "h", "iteration", "p", "smooth_loss", "rng_state", *("m" + n for n in WEIGHTS)))
+    _require(path, z, ("config", "h", "iteration", "p", "smooth_loss", "rng_state", *("m" + n for n in P.names)))
     try:
         cfg = TrainConfig.from_dict(json.loads(str(z["config"])))
         rng = np.random.default_rng()
         rng.bit_generator.state = json.loads(str(z["rng_state"]))
     except (ValueError, TypeError, KeyError) as e:
         raise CheckpointError(f"{os.fspath(path)}: unreadable config or RNG state: {e}") from None
-    state = TrainState(params=P, mem=Params.from_arrays(*(z["m" + n] for n in WEIGHTS)), h=z["h"], p=int(z["p"]),
-                       iteration=int(z["iteration"]), smooth_loss=float(z["smooth_loss"]), rng=rng)
+    mom = None
+    if cfg.optimizer == "adam":
+        _require(path, z, ["mom" + n for n in P.names])
+        mom = Params.from_named({n: z["mom" + n] for n in P.names}, P.cell, P.num_layers)
+    state = TrainState(params=P, mem=Params.from_named({n: z["m" + n] for n in P.names}, P.cell, P.num_layers),
+                       h=z["h"], p=int(z["p"]), iteration=int(z["iteration"]), smooth_loss=float(z["smooth_loss"]),
+                       rng=rng, mom=mom)
+    try:
+        check_state(cfg, vocab.size, state)
+    except ValueError as e:
+        raise CheckpointError(f"{os.fspath(path)}: its config and arrays disagree: {e}") from None
     return Checkpoint(cfg=cfg, vocab=vocab, state=state)

@@ -1,24 +1,40 @@
-"""The seed's RNN: parameters, forward/backward over one window, evaluation, sampling.
+"""The model: stacked recurrent layers, dropout between them, and the seed's output layer.
 
-    h_t = tanh(Wxh x_t + Whh h_{t-1} + bh)      x_t one-hot, so Wxh x_t is a column gather
-    y_t = Why h_t + by,  p_t = softmax(y_t),  loss = -sum_t log p_t[target_t]
+    x_t^0 = onehot(char_t)                              layer 0 reads characters: Wxh x is a column gather
+    h_t^l = cell(Wxh^l x_t^l + bh^l, h_{t-1}^l)         rnncore.cells: rnn (the seed's tanh), lstm, gru
+    x_t^{l+1} = dropout(h_t^l)                          inverted dropout, training only
+    y_t = Why dropout(h_t^{L-1}) + by,  p_t = softmax(y_t),  loss = -sum_t log p_t[target_t]
 
-Only the recurrence is sequential. The input layer is one gather for all steps, the output layer and its
-gradients are one GEMM over all T*B positions, and every buffer is allocated once (Workspace).
-Arrays keep the seed's shapes: Wxh (H,V), Whh (H,H), Why (V,H), bh (H,1), by (V,1). Hidden states run
-as rows, h (B,H), so h @ Whh.T is the seed's Whh @ h for B columns at once.
+With one rnn layer and no dropout this is min-char-rnn exactly. Only the recurrences are sequential: the input
+projections, the output layer and all weight gradients are one GEMM (or gather) over all T*B positions, and
+every buffer is allocated once (Workspace). Arrays keep the seed's orientation, (out, in): Wxh (G*H, V),
+Whh (G*H, H), Why (V, H), bh (G*H, 1), by (V, 1), where G is the cell's number of gate blocks; layer l > 0
+has Wxh{l} (G*H, H), Whh{l}, bh{l}. Hidden states run as rows, h (B, H), so h @ Whh.T is the seed's Whh @ h
+for B columns at once. The carried state is (B, S*H): every layer's h, then (LSTM) every layer's c.
 
-Packing: with K trials of the same shapes, every array gets a leading trial axis (Wxh (K,H,V), h (K,B,H))
+Packing: with K trials of the same shapes, every array gets a leading trial axis (Wxh (K,G*H,V), h (K,B,H))
 and the GEMMs become batched matmuls, so one step trains K models at once. The array module `xp` is numpy
 or CuPy; the same code runs on both.
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 
+from .cells import CELLS
 
-def shapes(H: int, V: int) -> dict[str, tuple[int, int]]:
-    return {"Wxh": (H, V), "Whh": (H, H), "Why": (V, H), "bh": (H, 1), "by": (V, 1)}
+
+def shapes(H: int, V: int, cell: str = "rnn", layers: int = 1) -> dict[str, tuple[int, int]]:
+    """Every array's name and shape, in storage order (one rnn layer: the seed's Wxh, Whh, Why, bh, by)."""
+    c = CELLS[cell]
+    weights, biases = {}, {}
+    for l in range(layers):
+        s = str(l) if l else ""
+        weights[f"Wxh{s}"], weights[f"Whh{s}"] = (c.G * H, H if l else V), (c.G * H, H)
+        biases[f"bh{s}"] = (c.G * H, 1)
+        biases.update({name + s: shape for name, shape in c.extra_biases(H).items()})
+    return {**weights, "Why": (V, H), **biases, "by": (V, 1)}
 
 
 def array_module(a):
@@ -35,7 +51,7 @@ NUMPY_HUGEPAGE_MIN = 1 << 22  # numpy asks Linux for huge pages (madvise) for al
 
 
 def flat_zeros(n: int, dtype, xp=np):
-    """A zeroed 1-D array for parameter-sized data: weights, gradients, Adagrad memories, scratch.
+    """A zeroed 1-D array for parameter-sized data: weights, gradients, optimizer memories, scratch.
 
     A step streams these arrays through the cache many times (Whh alone 2T - 1 times). At H = 512 the four
     of them fill ~10.5 MB: ~2,600 pages of 4 KiB, more than a CPU's TLB usually maps, or eight of 2 MiB.
@@ -54,57 +70,79 @@ def flat_zeros(n: int, dtype, xp=np):
 
 
 class Params:
-    """The seed's five arrays as views into one flat vector, so clipping and Adagrad are single array ops.
+    """Every array of a model as views into one flat vector, so clipping and the optimizers are single array ops.
 
-    K = None: one model, the seed's shapes. K = k: k packed models, each array with a leading trial axis.
+    K = None: one model. K = k: k packed models, each array with a leading trial axis.
     """
 
-    NAMES = ("Wxh", "Whh", "Why", "bh", "by")
+    NAMES = ("Wxh", "Whh", "Why", "bh", "by")  # the seed's model: one rnn layer
 
-    def __init__(self, flat, H: int, V: int, K: int | None = None):
+    def __init__(self, flat, H: int, V: int, K: int | None = None, cell: str = "rnn", layers: int = 1):
         self.flat = flat  # every parameter back to back, each array's K copies together
-        self.hidden_size, self.vocab_size, self.K = H, V, K
+        self.hidden_size, self.vocab_size, self.K, self.cell, self.num_layers = H, V, K, cell, layers
+        self.names = tuple(shapes(H, V, cell, layers))
         lead, off = (() if K is None else (K,)), 0
-        for name, shape in shapes(H, V).items():
+        for name, shape in shapes(H, V, cell, layers).items():
             n = (K or 1) * shape[0] * shape[1]
             setattr(self, name, flat[off: off + n].reshape(lead + shape))
             off += n
+        self._layers = [self._layer_views(l) for l in range(layers)]
+
+    @property
+    def layout(self) -> dict:
+        return {"H": self.hidden_size, "V": self.vocab_size, "cell": self.cell, "layers": self.num_layers}
+
+    def layer(self, l: int) -> SimpleNamespace:
+        """Layer l's arrays under their layer-free names: Wxh, Whh, bh (and a GRU's bhn)."""
+        return self._layers[l]
+
+    def _layer_views(self, l: int) -> SimpleNamespace:
+        s = str(l) if l else ""
+        return SimpleNamespace(**{n[:-len(s)] if s else n: getattr(self, n) for n in self.names
+                                  if n not in ("Why", "by") and n.lstrip("Wxhbn") == s})
 
     @staticmethod
-    def size(H: int, V: int, K: int | None = None) -> int:
-        return (K or 1) * (H * V + H * H + V * H + H + V)
+    def size(H: int, V: int, K: int | None = None, cell: str = "rnn", layers: int = 1) -> int:
+        return (K or 1) * sum(a * b for a, b in shapes(H, V, cell, layers).values())
 
     @classmethod
-    def zeros(cls, H: int, V: int, dtype, K: int | None = None, xp=np) -> "Params":
-        return cls(flat_zeros(cls.size(H, V, K), dtype, xp), H, V, K)
+    def zeros(cls, H: int, V: int, dtype, K: int | None = None, xp=np, cell: str = "rnn", layers: int = 1) -> "Params":
+        return cls(flat_zeros(cls.size(H, V, K, cell, layers), dtype, xp), H, V, K, cell, layers)
 
     @classmethod
     def from_arrays(cls, Wxh, Whh, Why, bh, by, dtype=None) -> "Params":
-        H, V = Wxh.shape
-        P = cls.zeros(H, V, dtype or Wxh.dtype)
-        for dst, src in zip(P.arrays(), (Wxh, Whh, Why, bh, by)):
-            dst[...] = src
+        """The seed's model from its five arrays."""
+        return cls.from_named(dict(Wxh=Wxh, Whh=Whh, Why=Why, bh=bh, by=by), dtype=dtype)
+
+    @classmethod
+    def from_named(cls, arrays: dict, cell: str = "rnn", layers: int = 1, dtype=None) -> "Params":
+        H, V = arrays["Whh"].shape[1], arrays["Why"].shape[0]
+        P = cls.zeros(H, V, dtype or arrays["Whh"].dtype, None, np, cell, layers)
+        for name in P.names:
+            getattr(P, name)[...] = arrays[name]
         return P
 
     @classmethod
     def stack(cls, members: list["Params"], xp=np) -> "Params":
         """K single models packed into one (copied to xp's device)."""
         m0 = members[0]
-        P = cls.zeros(m0.hidden_size, m0.vocab_size, m0.flat.dtype, len(members), xp)
-        for name in cls.NAMES:
+        P = cls.zeros(m0.hidden_size, m0.vocab_size, m0.flat.dtype, len(members), xp, m0.cell, m0.num_layers)
+        for name in P.names:
             getattr(P, name)[...] = xp.asarray(np.stack([to_numpy(getattr(m, name)) for m in members]))
         return P
 
     def member(self, k: int) -> "Params":
         """A numpy copy of packed model k."""
-        return Params.from_arrays(*(to_numpy(a[k]) for a in self.arrays()))
+        return Params.from_named({n: to_numpy(getattr(self, n)[k]) for n in self.names}, self.cell, self.num_layers)
 
     def arrays(self) -> list:
-        return [self.Wxh, self.Whh, self.Why, self.bh, self.by]
+        return [getattr(self, n) for n in self.names]
+
+    def like(self, flat) -> "Params":
+        return Params(flat, self.hidden_size, self.vocab_size, self.K, self.cell, self.num_layers)
 
     def zeros_like(self) -> "Params":
-        xp = array_module(self.flat)
-        return Params(flat_zeros(self.flat.size, self.flat.dtype, xp), self.hidden_size, self.vocab_size, self.K)
+        return self.like(flat_zeros(self.flat.size, self.flat.dtype, array_module(self.flat)))
 
     def copy(self) -> "Params":
         P = self.zeros_like()
@@ -112,106 +150,127 @@ class Params:
         return P
 
 
-def init_params(H: int, V: int, rng: np.random.Generator, dtype="float64", scale: float = 0.01) -> Params:
-    """The seed's initialization, drawn in the seed's order: Wxh, Whh, Why ~ randn * 0.01, zero biases."""
-    Wxh = rng.standard_normal((H, V)) * scale
-    Whh = rng.standard_normal((H, H)) * scale
-    Why = rng.standard_normal((V, H)) * scale
-    return Params.from_arrays(Wxh, Whh, Why, np.zeros((H, 1)), np.zeros((V, 1)), dtype=dtype)
+def init_params(H: int, V: int, rng: np.random.Generator, dtype="float64", scale: float = 0.01,
+                cell: str = "rnn", layers: int = 1) -> Params:
+    """Weights ~ randn * scale, drawn layer by layer (Wxh, Whh), then Why: for one rnn layer the seed's order.
+    Biases zero, except an LSTM's forget gate (cells.lstm.init_biases)."""
+    P = Params.zeros(H, V, dtype, None, np, cell, layers)
+    for name in [n for n in P.names if n.startswith(("Wxh", "Whh"))] + ["Why"]:
+        getattr(P, name)[...] = rng.standard_normal(getattr(P, name).shape) * scale
+    for l in range(layers):
+        CELLS[cell].init_biases(P.layer(l).bh, H)
+    return P
 
 
 class Workspace:
-    """Buffers for one (T, B, H, V, dtype[, K]), reused by every step. Time is the leading axis so that
-    each step of the recurrence works on one contiguous (B, H) or (K, B, H) block."""
+    """Buffers for one (T, B, H, V, dtype[, K], cell, layers), reused by every step."""
 
-    def __init__(self, T: int, B: int, H: int, V: int, dtype, K: int | None = None, xp=np):
-        self.T, self.B, self.H, self.V, self.K, self.xp = T, B, H, V, K, xp
+    def __init__(self, T: int, B: int, H: int, V: int, dtype, K: int | None = None, xp=np,
+                 cell: str = "rnn", layers: int = 1):
+        self.T, self.B, self.H, self.V, self.K, self.xp, self.dtype = T, B, H, V, K, xp, dtype
+        self.cell, self.num_layers, c = cell, layers, CELLS[cell]
         lead = () if K is None else (K,)
-        self.hs = xp.zeros((T + 1, *lead, B, H), dtype)  # hs[0] = h_{-1}, hs[t+1] = h_t
-        self.pre = xp.zeros((T, *lead, B, H), dtype)  # Wxh x_t + bh
-        self.dhraw = xp.zeros((T, *lead, B, H), dtype)  # gradient at the tanh input
-        self.dtanh = xp.zeros((T, *lead, B, H), dtype)
-        self.dhnext = xp.zeros((*lead, B, H), dtype)
+        self.layers = [c.Layer(T, lead, B, H, dtype, xp) for _ in range(layers)]
+        self.hs = self.layers[0].hs  # one layer: (T+1, [K,] B, H), hs[0] = h_{-1}, hs[t+1] = h_t
         self.probs = xp.zeros((*lead, T * B, V), dtype)  # softmax outputs, then dy in place
         self.rowmax = xp.zeros((*lead, T * B, 1), dtype)
         self.rows = xp.arange(T * B)
         self.row_starts = self.rows * V  # where each row of a (TB, V) block starts in its flat view
-        self.cols = xp.arange(H) * V  # offsets of the columns of a row-major (H, V) array
-        self.grads = Params.zeros(H, V, dtype, K, xp)
-        if K is None:  # one model: the (TB, H) views of the time-major buffers are free
-            self.hflat, self.hprev, self.dflat = (a.reshape(T * B, H) for a in (self.hs[1:], self.hs[:-1], self.dhraw))
-            # 2-D products: BLAS gemv/gemm without matmul's batch overhead; numpy's method skips np.dot's dispatch
+        self.cols = xp.arange(c.G * H) * V  # offsets of the rows of a row-major (G*H, V) array
+        self.grads = Params.zeros(H, V, dtype, K, xp, cell, layers)
+        self.drop = [None] * layers  # h * mask per layer, allocated when dropout is first used
+        if K is None:  # one model: (TB, H) views of the time-major buffers are free
             self.mm = np.ndarray.dot if xp is np else xp.dot
-        else:  # packed: trial-major copies for the batched output-layer and weight-gradient products
-            self.hflat, self.hprev, self.dflat = (xp.zeros((K, T * B, H), dtype) for _ in range(3))
+            self.xw = [xp.zeros((T * B, c.G * H), dtype) for _ in range(1, layers)]  # layer l's Wxh x, as rows
+        else:  # packed: trial-major copies for the batched products
             self.kk = xp.arange(K)[None, :, None]  # (1, K, 1) trial index for the input gather
-            self.kofs = (xp.arange(K) * H * V)[:, None, None]  # where each trial's Wxh starts
+            self.kofs = (xp.arange(K) * c.G * H * V)[:, None, None]  # where each trial's Wxh starts
             self.mm = xp.matmul
-        self.fused = None if xp is np else _gpu_kernels(xp)  # one kernel for each elementwise pair on a GPU
+            self.xin = [xp.zeros((K, T * B, H), dtype) for _ in range(layers)]  # layer l's output, trial-major
+            self.dxin = xp.zeros((K, T * B, H), dtype)
+            self.xw = [xp.zeros((K, T * B, c.G * H), dtype) for _ in range(1, layers)]
         self.amax = np.maximum.reduce if xp is np else xp.max  # ufunc reduce skips numpy's wrapper
         self.asum = np.add.reduce if xp is np else xp.sum
-        # dWxh: numpy scatter-adds rows (cost ~ T*B*H); a GPU does better with one GEMM against a one-hot
-        # matrix of the inputs than with atomics piling onto few addresses (cost ~ T*B*H*V, so small V only)
+        # dWxh: numpy scatter-adds rows (cost ~ T*B*G*H); a GPU does better with one GEMM against a one-hot
+        # matrix of the inputs than with atomics piling onto few addresses (cost ~ T*B*G*H*V, so small V only)
         self.onehot = xp.zeros((T * B, V), dtype) if xp is not np and V <= 1024 else None
         self.vocab_ids = xp.arange(V)
-        # per-step views, so the time loops index a Python list instead of building views each step
-        self.hs_t, self.pre_t, self.dhraw_t, self.dtanh_t = list(self.hs), list(self.pre), list(self.dhraw), list(self.dtanh)
+
+    def out(self, l: int, masks):
+        """Layer l's output over the window, (T, [K,] B, H): h, or h * mask under dropout."""
+        hs = self.layers[l].hs[1:]
+        if masks is None:
+            return hs
+        if self.drop[l] is None:
+            self.drop[l] = self.xp.zeros_like(hs)
+        return self.xp.multiply(hs, masks[l], out=self.drop[l])
+
+    def out_rows(self, l: int, masks):
+        """Layer l's output as ([K,] TB, H) rows for a GEMM."""
+        o = self.out(l, masks)
+        if self.K is None:
+            return o.reshape(self.T * self.B, self.H)
+        _trial_major(self.xin[l], o)
+        return self.xin[l]
+
+    def load_state(self, h0) -> list[tuple]:
+        """The carried state (..., S*H) cut into each layer's (h,) or (h, c)."""
+        H, L, n = self.H, self.num_layers, CELLS[self.cell].carries
+        if L == 1 and n == 1:
+            return [(h0,)]
+        return [tuple(h0[..., (j * L + l) * H: (j * L + l + 1) * H] for j in range(n)) for l in range(L)]
+
+    def final_into(self, h) -> None:
+        """Write the window's final state into the carried state h (..., S*H)."""
+        H, L = self.H, self.num_layers
+        if L == 1 and len(self.layers[0].final()) == 1:
+            h[...] = self.layers[0].hs[-1]
+            return
+        for l, layer in enumerate(self.layers):
+            for j, a in enumerate(layer.final()):
+                h[..., (j * L + l) * H: (j * L + l + 1) * H] = a
 
 
-def _gpu_kernels(cp):
-    """On a GPU a step is bound by kernel launches, not arithmetic: fuse each elementwise pair."""
-    return (cp.ElementwiseKernel("T p", "T h", "h = tanh(h + p)", "rnncore_add_tanh"),
-            cp.ElementwiseKernel("T dn, T g", "T d", "d = (d + dn) * g", "rnncore_add_mul"))
+def _time_major(dst, src_km) -> None:
+    """(K, T*B, X) trial-major -> (T, K, B, X) time-major."""
+    T, K, B, X = dst.shape
+    dst[...] = src_km.reshape(K, T, B, X).transpose(1, 0, 2, 3)
 
 
-def _time_major(dst, src_km, K: int, T: int, B: int, H: int) -> None:
-    """(K, T*B, H) trial-major -> (T, K, B, H) time-major."""
-    dst[...] = src_km.reshape(K, T, B, H).transpose(1, 0, 2, 3)
+def _trial_major(dst_km, src) -> None:
+    """(T, K, B, X) time-major -> (K, T*B, X) trial-major."""
+    T, K, B, X = src.shape
+    dst_km.reshape(K, T, B, X)[...] = src.transpose(1, 0, 2, 3)
 
 
-def _trial_major(dst_km, src, K: int, T: int, B: int, H: int) -> None:
-    """(T, K, B, H) time-major -> (K, T*B, H) trial-major."""
-    dst_km.reshape(K, T, B, H)[...] = src.transpose(1, 0, 2, 3)
+def forward(P: Params, X, h0, ws: Workspace, masks=None):
+    """Every layer over the window from the carried state h0; returns the top layer's output as rows."""
+    T, B, K, xp, mm = ws.T, ws.B, ws.K, ws.xp, ws.mm
+    for l, (layer, state) in enumerate(zip(ws.layers, ws.load_state(h0))):
+        W = P.layer(l)
+        if l == 0:  # the input layer for all steps at once: columns of Wxh picked by the one-hot inputs
+            xw = W.Wxh.T[X] if K is None else W.Wxh.swapaxes(1, 2)[ws.kk, X[:, None, :]]  # (T, [K,] B, G*H)
+        else:  # Wxh^l x^l for all steps: one GEMM over the layer below's output
+            mm(ws.out_rows(l - 1, masks), W.Wxh.swapaxes(-1, -2), out=ws.xw[l - 1])
+            xw = ws.xw[l - 1].reshape(T, B, -1) if K is None else ws.xw[l - 1].reshape(K, T, B, -1).transpose(1, 0, 2, 3)
+        layer.load(xw, W.bh)
+        layer.forward(W, state)
+    return ws.out_rows(ws.num_layers - 1, masks)
 
 
-def loss_and_grads(P: Params, X, Y, h0, ws: Workspace, grad_scale: float = 1.0):
+def loss_and_grads(P: Params, X, Y, h0, ws: Workspace, grad_scale: float = 1.0, masks=None):
     """Forward and backward over one window; returns the summed loss (nats) and leaves grads in ws.grads.
 
-    X, Y: (T, B) input and target indices (shared by packed trials); h0: (B, H), or (K, B, H) packed.
-    The final hidden state is ws.hs[-1]. grad_scale multiplies dy (1 for the seed; 1/B averages the
-    B streams). Returns a float, or a (K,) array of per-trial sums when packed.
+    X, Y: (T, B) input and target indices (shared by packed trials); h0: (B, S*H), or (K, B, S*H) packed.
+    ws.final_into(h) reads the final state. grad_scale multiplies dy (1 for the seed; 1/B averages the B
+    streams). masks: None, or the dropout masks (L, T, [K,] B, H), already scaled by 1 / (1 - dropout).
+    Returns a float, or a (K,) array of per-trial sums when packed.
     """
-    T, B, H, K, xp, mm = ws.T, ws.B, ws.H, ws.K, ws.xp, ws.mm
-    hs, pre, dhraw, probs, hflat, dflat = ws.hs, ws.pre, ws.dhraw, ws.probs, ws.hflat, ws.dflat
-    hs_t, pre_t, dhraw_t, dtanh_t = ws.hs_t, ws.pre_t, ws.dhraw_t, ws.dtanh_t
-    WhhT, Whh = P.Whh.swapaxes(-1, -2), P.Whh
-    if ws.fused:
-        WhhT = xp.ascontiguousarray(WhhT)  # cuBLAS's batched GEMM copies a transposed view at every call
-
-    # forward: the input layer for all steps at once, then the recurrence
-    if K is None:
-        Wxh_x = P.Wxh.T[X]  # (T, B, H) columns of Wxh picked by the one-hot inputs
-    else:
-        Wxh_x = P.Wxh.swapaxes(1, 2)[ws.kk, X[:, None, :]]  # (T, K, B, H)
-    xp.add(Wxh_x, P.bh.swapaxes(-1, -2), out=pre)
-    hs[0] = h0
-    # the time loops are the hot path at batch 1: functions held in locals, numpy ufuncs' outputs passed by
-    # position (cheaper than out=; CuPy's matmul takes out= only, and on a GPU the fused kernels run instead)
-    add, tanh, mul = xp.add, xp.tanh, xp.multiply
-    if ws.fused:
-        add_tanh, add_mul = ws.fused
-        for h_prev, h, p in zip(hs_t, hs_t[1:], pre_t):
-            mm(h_prev, WhhT, out=h)
-            add_tanh(p, h)
-    else:
-        for h_prev, h, p in zip(hs_t, hs_t[1:], pre_t):
-            mm(h_prev, WhhT, out=h)  # h_t = tanh(h_{t-1} Whh^T + pre_t)
-            add(h, p, h)
-            tanh(h, h)
+    T, B, K, xp, mm, L = ws.T, ws.B, ws.K, ws.xp, ws.mm, ws.num_layers
+    hflat = forward(P, X, h0, ws, masks)
 
     # output layer over all T*B positions: one GEMM, a stable softmax, the loss
-    if K is not None:
-        _trial_major(hflat, hs[1:], K, T, B, H)
+    probs = ws.probs
     mm(hflat, P.Why.swapaxes(-1, -2), out=probs)  # (TB, V) logits
     probs += P.by.swapaxes(-1, -2)
     yflat = Y.reshape(-1)
@@ -237,42 +296,39 @@ def loss_and_grads(P: Params, X, Y, h0, ws: Workspace, grad_scale: float = 1.0):
     G = ws.grads
     mm(dy.swapaxes(-1, -2), hflat, out=G.Why)  # (V, H)
     ws.asum(dy, axis=-2, out=G.by[..., 0])
-    mm(dy, P.Why, out=dflat)  # (TB, H) gradient into h from the outputs
-    if K is not None:
-        _time_major(dhraw, dflat, K, T, B, H)
+    _rows_into(ws, L - 1, lambda out: mm(dy, P.Why, out=out), masks)  # gradient into the top layer's h
 
-    # through time: dh_t = (outputs) + Whh.T dhraw_{t+1};  dhraw_t = (1 - h_t^2) * dh_t
-    xp.multiply(hs[1:], hs[1:], out=ws.dtanh)
-    xp.subtract(1, ws.dtanh, out=ws.dtanh)  # tanh' = 1 - h^2
-    dnext = ws.dhnext
-    mul(dhraw_t[T - 1], dtanh_t[T - 1], out=dhraw_t[T - 1])
-    steps_back = zip(dhraw_t[:0:-1], dhraw_t[-2::-1], dtanh_t[-2::-1])  # (dhraw_{t+1}, d_t, tanh'_t), t = T-2..0
-    if ws.fused:
-        for d_next, d, g in steps_back:
-            mm(d_next, Whh, out=dnext)
-            add_mul(dnext, g, d)
-    else:
-        for d_next, d, g in steps_back:
-            mm(d_next, Whh, out=dnext)  # dhraw_t = (d_t + dhraw_{t+1} Whh) * tanh'_t
-            add(d, dnext, d)
-            mul(d, g, d)
-
-    if K is not None:
-        _trial_major(dflat, dhraw, K, T, B, H)
-        _trial_major(ws.hprev, hs[:-1], K, T, B, H)
-    ws.asum(dflat, axis=-2, out=G.bh[..., 0])
-    mm(dflat.swapaxes(-1, -2), ws.hprev, out=G.Whh)  # sum_t dhraw_t h_{t-1}^T
-    # dWxh[:, x] += dhraw at every position that read x
-    if ws.onehot is not None:
-        xp.equal(X.reshape(-1, 1), ws.vocab_ids, out=ws.onehot)  # (TB, V), cast to the float dtype
-        mm(dflat.swapaxes(-1, -2), ws.onehot, out=G.Wxh)
-    else:
-        G.Wxh.fill(0)
-        idx = X.reshape(-1, 1) + ws.cols  # (TB, H)
-        if K is not None:
-            idx = idx[None] + ws.kofs  # (K, TB, H)
-        xp.add.at(G.Wxh.reshape(-1), idx.reshape(-1), dflat.reshape(-1))
+    # down the layers: each cell back through time, then its input-side gradients as GEMMs
+    for l in range(L - 1, -1, -1):
+        layer, W, dW = ws.layers[l], P.layer(l), G.layer(l)
+        dx = layer.backward(W)  # ([K,] TB, G*H) gradient at Wxh x + bh
+        ws.asum(dx, axis=-2, out=dW.bh[..., 0])
+        layer.grad_Whh(dW)
+        if l:
+            mm(dx.swapaxes(-1, -2), ws.out_rows(l - 1, masks), out=dW.Wxh)  # sum_t dx_t x_t^T
+            _rows_into(ws, l - 1, lambda out: mm(dx, W.Wxh, out=out), masks)
+        elif ws.onehot is not None:  # dWxh[:, x] += dx at every position that read x
+            xp.equal(X.reshape(-1, 1), ws.vocab_ids, out=ws.onehot)  # (TB, V), cast to the float dtype
+            mm(dx.swapaxes(-1, -2), ws.onehot, out=dW.Wxh)
+        else:
+            dW.Wxh.fill(0)
+            idx = X.reshape(-1, 1) + ws.cols  # (TB, G*H)
+            if K is not None:
+                idx = idx[None] + ws.kofs  # (K, TB, G*H)
+            xp.add.at(dW.Wxh.reshape(-1), idx.reshape(-1), dx.reshape(-1))
     return float(loss) if K is None else loss
+
+
+def _rows_into(ws: Workspace, l: int, product, masks) -> None:
+    """Layer l's dh (its gradient from above) from a ([K,] TB, H) product, through layer l's dropout mask."""
+    dh = ws.layers[l].dh
+    if ws.K is None:
+        product(dh.reshape(ws.T * ws.B, ws.H))
+    else:
+        product(ws.dxin)
+        _time_major(dh, ws.dxin)
+    if masks is not None:
+        dh *= masks[l]
 
 
 def evaluate(P: Params, ids: np.ndarray, streams: int = 32, chunk: int = 256):
@@ -294,22 +350,21 @@ def evaluate(P: Params, ids: np.ndarray, streams: int = 32, chunk: int = 256):
     mask = np.concatenate([np.ones(n, bool), np.zeros(pad, bool)]).reshape(S, Ls).T
     X, Y, mask = xp.asarray(X), xp.asarray(Y), xp.asarray(mask)
     H, V = P.hidden_size, P.vocab_size
-    chunk = max(1, min(chunk, (1 << 22) // max(1, S * V * (K or 1))))  # keep the logits block modest
+    chunk = max(1, min(chunk, (1 << 22) // max(1, S * V * (K or 1)), Ls))  # keep the logits block modest
     lead = () if K is None else (K,)
-    mm = xp.dot if K is None else xp.matmul
-    h = xp.zeros((*lead, S, H), P.Whh.dtype)
-    WhhT, WxhT = P.Whh.swapaxes(-1, -2), P.Wxh.swapaxes(-1, -2)
-    bh, by, WhyT = P.bh.swapaxes(-1, -2), P.by.swapaxes(-1, -2), P.Why.swapaxes(-1, -2)
+    state = xp.zeros((*lead, S, _state_size(P)), P.flat.dtype)
+    WhyT, by = P.Why.swapaxes(-1, -2), P.by.swapaxes(-1, -2)
+    workspaces: dict[int, Workspace] = {}
     total = xp.zeros(lead, np.float64)
     for c0 in range(0, Ls, chunk):
         x, y, m = X[c0:c0 + chunk], Y[c0:c0 + chunk], mask[c0:c0 + chunk]
-        hs = (WxhT[x] if K is None else WxhT[xp.arange(K)[None, :, None], x[:, None, :]]) + bh  # (Tc, [K,] S, H)
-        for t in range(len(x)):
-            hs[t] += mm(h, WhhT)
-            xp.tanh(hs[t], out=hs[t])
-            h = hs[t]
-        hk = hs.reshape(-1, H) if K is None else hs.transpose(1, 0, 2, 3).reshape(K, -1, H)  # ([K,] Tc*S, H)
-        logits = mm(hk, WhyT) + by  # ([K,] Tc*S, V)
+        Tc = len(x)
+        if Tc not in workspaces:
+            workspaces[Tc] = Workspace(Tc, S, H, V, P.flat.dtype, K, xp, P.cell, P.num_layers)
+        ws = workspaces[Tc]
+        hk = forward(P, x, state, ws)  # ([K,] Tc*S, H)
+        ws.final_into(state)
+        logits = ws.mm(hk, WhyT) + by  # ([K,] Tc*S, V)
         mx = logits.max(axis=-1, keepdims=True)
         lse = xp.log(xp.exp(logits - mx).sum(axis=-1)) + mx[..., 0]
         nll = lse - logits[..., xp.arange(logits.shape[-2]), y.reshape(-1)]
@@ -318,17 +373,30 @@ def evaluate(P: Params, ids: np.ndarray, streams: int = 32, chunk: int = 256):
     return float(out) if K is None else out
 
 
+def _state_size(P: Params) -> int:
+    return P.hidden_size * P.num_layers * CELLS[P.cell].carries
+
+
+def _host64(P: Params) -> Params:
+    """A float64 numpy copy, for sampling."""
+    return P.like(np.asarray(to_numpy(P.flat), np.float64)) if P.K is None else P
+
+
 def sample(P: Params, h: np.ndarray | None, seed_ix: int, n: int, rng: np.random.Generator,
            temperature: float = 1.0) -> list[int]:
     """n indices drawn one at a time, feeding each back in (the seed's sample, with a temperature)."""
-    H = P.hidden_size
-    h = np.zeros(H) if h is None else np.asarray(h, dtype=np.float64).reshape(H)
-    Wxh, Whh, Why = (a.astype(np.float64) for a in (P.Wxh, P.Whh, P.Why))
-    bh, by = P.bh[:, 0].astype(np.float64), P.by[:, 0].astype(np.float64)
+    P = _host64(P)
+    S = _state_size(P)
+    h = np.zeros((1, S)) if h is None else np.asarray(h, dtype=np.float64).reshape(1, S).copy()
+    ws = Workspace(1, 1, P.hidden_size, P.vocab_size, "float64", cell=P.cell, layers=P.num_layers)
+    Why, by = P.Why, P.by[:, 0]
+    x = np.zeros((1, 1), np.int64)
     ix, out = seed_ix, []
     for _ in range(n):
-        h = np.tanh(Wxh[:, ix] + Whh @ h + bh)
-        y = (Why @ h + by) / temperature
+        x[0, 0] = ix
+        top = forward(P, x, h, ws)[0]  # (H,)
+        ws.final_into(h)
+        y = (Why @ top + by) / temperature
         p = np.exp(y - y.max())
         cdf = np.cumsum(p)
         ix = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
@@ -338,9 +406,13 @@ def sample(P: Params, h: np.ndarray | None, seed_ix: int, n: int, rng: np.random
 
 
 def advance(P: Params, h: np.ndarray | None, ids) -> np.ndarray:
-    """Run the hidden state (H,) over ids without sampling (priming text)."""
-    h = np.zeros(P.hidden_size) if h is None else np.asarray(h, dtype=np.float64)
-    Wxh, Whh, bh = P.Wxh.astype(np.float64), P.Whh.astype(np.float64), P.bh[:, 0].astype(np.float64)
-    for ix in ids:
-        h = np.tanh(Wxh[:, ix] + Whh @ h + bh)
-    return h
+    """Run the carried state (S*H,) over ids without sampling (priming text)."""
+    P = _host64(P)
+    S = _state_size(P)
+    h = np.zeros((1, S)) if h is None else np.asarray(h, dtype=np.float64).reshape(1, S).copy()
+    ids = np.asarray(ids).reshape(-1, 1)
+    if len(ids):
+        ws = Workspace(len(ids), 1, P.hidden_size, P.vocab_size, "float64", cell=P.cell, layers=P.num_layers)
+        forward(P, ids, h, ws)
+        ws.final_into(h)
+    return h[0]
