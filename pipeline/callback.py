@@ -12,23 +12,9 @@ from typing import Any
 from ray import tune
 
 from .config import SweepConfig
+from .names import run_name, trial_key
 
 STALE = object()  # PBT: a report of a run that a newer run of the same trial replaced
-SHORT = {"hidden_size": "h", "seq_length": "s", "learning_rate": "lr", "batch_size": "b"}
-
-
-def trial_key(index: int) -> str:
-    return f"t{index:04d}"
-
-
-def run_name(config: dict[str, Any]) -> str:
-    """h128-s32-lr0.031: the searched values of a trial, short enough for the MLflow UI."""
-    parts = []
-    for k, v in config.items():
-        if isinstance(v, float):
-            v = f"{v:.2g}"
-        parts.append(f"{SHORT.get(k, k)}{v}")
-    return "-".join(parts) or "trial"
 
 
 class SweepCallback(tune.Callback):

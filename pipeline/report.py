@@ -35,6 +35,7 @@ import yaml
 
 from rnncore.config import FIELD_NAMES, FIELD_TYPES
 
+from .names import short
 from .results import EXPLOITS_SCHEMA, HISTORY_SCHEMA, HPARAMS, TRIALS_SCHEMA
 
 __all__ = ["ReportError", "SweepResults", "load_results", "importance", "write_report", "main",
@@ -65,11 +66,16 @@ SEARCH_KINDS = ("grid_search", "choice", "uniform", "quniform", "loguniform", "q
 CATEGORICAL_KINDS = ("grid_search", "choice")
 LOG_KINDS = ("loguniform", "qloguniform", "lograndint")
 FEW_VALUES = 5  # numeric options with at most this many distinct values are treated as groups
-ABBREV = {"hidden_size": "h", "seq_length": "s", "learning_rate": "lr", "batch_size": "b"}
 UNITS = {  # x-axis labels of the per-hyperparameter plots
+    "cell": "recurrent cell",
+    "num_layers": "stacked layers",
     "hidden_size": "hidden units",
     "seq_length": "characters per BPTT window",
-    "learning_rate": "Adagrad step size",
+    "dropout": "fraction of units dropped",
+    "optimizer": "update rule",
+    "learning_rate": "peak step size",
+    "lr_schedule": "learning-rate schedule",
+    "warmup": "iterations of warm-up",
     "batch_size": "parallel streams",
     "iterations": "parameter updates",
     "eval_every": "iterations",
@@ -82,6 +88,7 @@ UNITS = {  # x-axis labels of the per-hyperparameter plots
     "eval_streams": "validation streams",
     "seed": "seed",
     "dtype": "floating-point type",
+    "device": "array backend",
 }
 
 
@@ -357,7 +364,7 @@ def _fence(text: str, lang: str = "") -> str:
 
 
 def _short_config(row: Mapping[str, Any], res: SweepResults) -> str:
-    return " ".join(f"{ABBREV.get(n, n)}={fmt_value(row.get(res.column(n)))}" for n in res.searched)
+    return " ".join(short(n, fmt_value(row.get(res.column(n))), "=") for n in res.searched)
 
 
 def best_train_block(row: Mapping[str, Any]) -> str:

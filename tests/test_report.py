@@ -349,3 +349,44 @@ def test_ranges_text_options_and_another_metric(tmp_path):
     assert [r[head.index("trial")] for r in rows] == list(want[:10])
     imp = {r[0]: r for r in _table_rows(_section(md, "Hyperparameter importance"))[1]}
     assert "eta²" in imp["dtype"][2] and "log10" in imp["hidden_size"][2] and "log10" not in imp["seq_length"][2]
+
+
+def test_model_family_options_are_plotted_labelled_and_in_the_best_block(tmp_path):
+    """cell, num_layers and dropout searched, the optimizer and schedule fixed: each searched one gets its plot,
+    its importance row and its short label; the best block holds every option."""
+    from pipeline.report import _short_config
+
+    out = tmp_path / "family"
+    base = {**SMALL_BASE, "optimizer": "adam", "learning_rate": 0.002, "lr_schedule": "cosine", "warmup": 100}
+    train = {"cell": {"choice": ["rnn", "lstm", "gru"]}, "num_layers": {"choice": [1, 2]},
+             "dropout": {"uniform": [0.0, 0.5]}, **base}
+    text = sweep_yaml("family", train, num_samples=9, output=str(out))
+    specs = [{"cell": ("rnn", "lstm", "gru")[i % 3], "num_layers": 1 + i % 2, "dropout": 0.05 * i,
+              "status": "finished", "final": 1.9 - (0.0, 0.2, 0.1)[i % 3] - 0.05 * (i % 2) + 0.001 * i}
+             for i in range(9)]  # best: t0001, an lstm of 2 layers
+    trials, history = build_trials(specs, base=base)
+    write_sweep(out, text, trials, history)
+    report = write_report(out, log_to_mlflow=False)
+    for name in ("bpc_vs_cell.png", "bpc_vs_num_layers.png", "bpc_vs_dropout.png"):
+        _assert_png(report / name)
+    md = (report / "report.md").read_text()
+    imp = {r[0] for r in _table_rows(_section(md, "Hyperparameter importance"))[1]}
+    assert {"cell", "num_layers", "dropout"} <= imp
+    train_block = yaml.safe_load(re.search(r"```yaml\n(.*?)```", _section(md, "Best configuration"), re.S).group(1))
+    best = load_results(out).best()
+    assert train_block["train"]["cell"] == best["cell"] == "lstm" and train_block["train"]["num_layers"] == 2
+    for name, value in (("optimizer", "adam"), ("lr_schedule", "cosine"), ("warmup", 100)):
+        assert train_block["train"][name] == value
+    assert _short_config(best, load_results(out)) == f"lstm L=2 drop={best['dropout']:g}"
+
+
+def test_run_names_and_report_labels_share_one_table():
+    from pipeline.names import SHORT_NAMES, run_name, short
+    from pipeline.report import UNITS
+
+    assert set(SHORT_NAMES) <= set(FIELD_NAMES) and set(UNITS) == set(FIELD_NAMES)  # every option has a plot label
+    config = {"cell": "lstm", "num_layers": 2, "hidden_size": 256, "dropout": 0.25, "optimizer": "adam",
+              "learning_rate": 0.0021, "lr_schedule": "cosine", "warmup": 200, "clip": 1.0}
+    assert run_name(config) == "lstm-L2-h256-drop0.25-adam-lr0.0021-cosine-warm200-clip1"
+    assert [short(k, str(v), "=") for k, v in config.items()][:4] == ["lstm", "L=2", "h=256", "drop=0.25"]
+    assert run_name({}) == "trial"
