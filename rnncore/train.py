@@ -6,31 +6,60 @@
 from __future__ import annotations
 
 import argparse
+import difflib
+import inspect
 import json
+import re
 import sys
+from dataclasses import fields
 
 from . import checkpoint
-from .config import TrainConfig
+from .config import FIELD_NAMES, FIELD_TYPES, TrainConfig
 from .data import CorpusError, load_corpus
 from .trainer import Trainer, train_loop
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, like every other bad input of this CLI (argparse adds usage)
+        flag = re.match(r"unrecognized arguments: (--[\w-]+)", message)
+        if flag:
+            close = difflib.get_close_matches(flag.group(1).split("=")[0], self._option_string_actions, n=1)
+            message += f"; did you mean {close[0]}?" if close else "; see --help for the flags"
+        self.exit(2, f"error: {message}\n")
+
+
+def _meanings() -> dict[str, str]:
+    """Each option's trailing comment in config.py: its meaning, written once, shown by --help."""
+    try:
+        source = inspect.getsource(TrainConfig)
+    except (OSError, TypeError):  # no source shipped
+        return {}
+    return dict(re.findall(r"^\s+(\w+): \w+ = .*#\s*(.+)$", source, re.M))
+
+
+def _typed(name: str):
+    """argparse's type for option `name`: the declared type, with the rule's own wording when the text is not one."""
+    t, what = FIELD_TYPES[name], {int: "an integer", float: "a number"}.get(FIELD_TYPES[name], "text")
+
+    def convert(text: str):
+        try:
+            return t(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be {what}, but got {text!r}; "
+                                             f"write e.g. {getattr(TrainConfig, name)!r} (the default)") from None
+    return convert
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    d = TrainConfig()
-    p = argparse.ArgumentParser(prog="python -m rnncore.train", description="Train a character-level RNN.")
+    p = _Parser(prog="python -m rnncore.train", description="Train a character-level RNN.")
     p.add_argument("--data", default="data/tinyshakespeare.txt", help="UTF-8 text file (default: %(default)s)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="last fraction held out (0 = seed)")
-    p.add_argument("--hidden-size", type=int, default=d.hidden_size)
-    p.add_argument("--seq-length", type=int, default=d.seq_length)
-    p.add_argument("--learning-rate", type=float, default=d.learning_rate)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--dtype", choices=["float64", "float32"], default=d.dtype)
-    p.add_argument("--iterations", type=int, default=d.iterations)
-    p.add_argument("--eval-every", type=int, default=d.eval_every)
-    p.add_argument("--sample-every", type=int, default=d.sample_every, help="0 = sample only at the end")
-    p.add_argument("--sample-length", type=int, default=d.sample_length)
-    p.add_argument("--temperature", type=float, default=d.temperature)
-    p.add_argument("--seed", type=int, default=d.seed)
+    engine = p.add_argument_group("engine options", "every field of rnncore.config.TrainConfig; unset = its default")
+    meanings = _meanings()
+    for f in fields(TrainConfig):  # one flag per option: --hidden-size for hidden_size
+        engine.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=_typed(f.name), default=None,
+                            metavar=FIELD_TYPES[f.name].__name__.upper(),
+                            help=f"{meanings.get(f.name, '')} (default: {f.default})".replace("%", "%%").lstrip())
     p.add_argument("--out", help="write a checkpoint here at every evaluation and at the end")
     p.add_argument("--init-from", help="start from the weights and vocab of this .npz")
     p.add_argument("--resume", help="continue a run exactly from this checkpoint (its config wins)")
@@ -39,20 +68,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def build(args) -> Trainer:
+    given = {name: getattr(args, name) for name in FIELD_NAMES if getattr(args, name) is not None}
+    cfg = TrainConfig.from_dict(given)  # every value checked, and the rules that tie them, before any file is read
     if args.resume:
         ck = checkpoint.load(args.resume)
-        cfg = ck.cfg.replace(iterations=max(args.iterations, ck.cfg.iterations)) \
-            if args.iterations != TrainConfig().iterations else ck.cfg
+        cfg = ck.cfg.replace(iterations=max(cfg.iterations, ck.cfg.iterations)) if "iterations" in given else ck.cfg
         corpus = load_corpus(args.data, args.val_fraction, vocab=ck.vocab)
         return Trainer(cfg, corpus, ck.state)
-    state, vocab, hidden = None, None, args.hidden_size
+    state, vocab = None, None
     if args.init_from:
         params, vocab = checkpoint.load_weights(args.init_from)
-        hidden = params.hidden_size
-    cfg = TrainConfig(hidden_size=hidden, seq_length=args.seq_length, learning_rate=args.learning_rate,
-                      batch_size=args.batch_size, dtype=args.dtype, iterations=args.iterations,
-                      eval_every=args.eval_every, sample_every=args.sample_every,
-                      sample_length=args.sample_length, temperature=args.temperature, seed=args.seed)
+        cfg = cfg.replace(hidden_size=params.hidden_size)
     corpus = load_corpus(args.data, args.val_fraction, vocab=vocab)
     if args.init_from:
         from .trainer import init_state
@@ -70,7 +96,8 @@ def main(argv=None) -> int:
         return 2
     cfg, corpus = trainer.cfg, trainer.corpus
     print(f"data {corpus.path}: {len(corpus.train):,} train / {len(corpus.val):,} val chars, vocab {corpus.vocab.size}"
-          f" | H={cfg.hidden_size} T={cfg.seq_length} B={cfg.batch_size} lr={cfg.learning_rate} {cfg.dtype}")
+          f" | {cfg.cell} L={cfg.num_layers} H={cfg.hidden_size} T={cfg.seq_length} B={cfg.batch_size}"
+          f" {cfg.optimizer} lr={cfg.learning_rate} {cfg.lr_schedule} {cfg.dtype}")
     log = open(args.metrics_jsonl, "a", encoding="utf-8") if args.metrics_jsonl else None
     try:
         for pr in train_loop(trainer):

@@ -284,6 +284,53 @@ def test_bad_config_cli_exits_2(tmp_path, small_file):
     assert r.returncode == 2 and r.stderr.startswith("error: hidden_size") and "Traceback" not in r.stderr
 
 
+# id, flags, words the one error line must hold: the key, the rule, the value and a fix
+BAD_OPTIONS = [
+    ("unknown-cell", ["--cell", "lstn"], ["cell must be one of rnn, lstm, gru", "cell='lstn'", "did you mean 'lstm'?"]),
+    ("dropout-one", ["--dropout", "1.0"], ["dropout must be in [0, 1)", "dropout=1.0", "use 0 for none"]),
+    ("dropout-negative", ["--dropout", "-0.1"], ["dropout must be in [0, 1)", "dropout=-0.1", "use 0 for none"]),
+    ("num-layers-zero", ["--num-layers", "0"], ["num_layers must be >= 1", "num_layers=0", "use 1 for a single"]),
+    ("warmup-beyond-iterations", ["--warmup", "50", "--iterations", "10"],
+     ["warmup must be <= iterations", "warmup=50 with iterations=10", "lower warmup", "or raise iterations"]),
+    ("unknown-optimizer", ["--optimizer", "adamw"], ["optimizer must be one of", "did you mean 'adam'?"]),
+    ("not-an-integer", ["--num-layers", "two"], ["--num-layers", "num_layers must be an integer", "'two'",
+                                                 "write e.g. 1 (the default)"]),
+    ("unknown-flag", ["--hidden-sise", "8"], ["unrecognized arguments: --hidden-sise", "did you mean --hidden-size?"]),
+]
+
+
+@pytest.mark.parametrize("flags,words", [c[1:] for c in BAD_OPTIONS], ids=[c[0] for c in BAD_OPTIONS])
+def test_bad_option_cli_exits_2_with_one_error_line_and_creates_nothing(tmp_path, small_file, flags, words):
+    before = sorted(tmp_path.iterdir())
+    r = run_cli("-m", "rnncore.train", "--data", str(small_file), *flags, "--out", str(tmp_path / "o.npz"),
+                "--metrics-jsonl", str(tmp_path / "m.jsonl"))
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.stderr, r.stderr
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    assert sorted(tmp_path.iterdir()) == before and r.stdout == ""
+
+
+def test_every_engine_option_has_a_flag(small_file):
+    """The flags come from TrainConfig's fields: each one parses its default back, and --help says what it means."""
+    from dataclasses import fields
+
+    from rnncore.train import build, parse_args
+
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        value = getattr(parse_args([flag, str(f.default)]), f.name)
+        assert value == f.default and type(value) is type(f.default), f.name
+        assert getattr(parse_args([]), f.name) is None, f.name  # unset: the engine default applies
+    r = run_cli("-m", "rnncore.train", "--help")
+    assert "--num-layers INT" in r.stdout and "stacked layers" in r.stdout and "--val-fraction" in r.stdout
+    trainer = build(parse_args(["--data", str(small_file), "--dropout", "0.25", "--optimizer", "adam",
+                                "--lr-schedule", "cosine", "--warmup", "5", "--iterations", "50"]))
+    assert (trainer.cfg.dropout, trainer.cfg.optimizer, trainer.cfg.lr_schedule, trainer.cfg.warmup,
+            trainer.cfg.iterations, trainer.cfg.hidden_size) == (0.25, "adam", "cosine", 5, 50, TrainConfig.hidden_size)
+
+
 # ---------------------------------------------------------------- Unicode
 
 
