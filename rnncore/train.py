@@ -76,9 +76,15 @@ def build(args) -> Trainer:
         corpus = load_corpus(args.data, args.val_fraction, vocab=ck.vocab)
         return Trainer(cfg, corpus, ck.state)
     state, vocab = None, None
-    if args.init_from:
+    if args.init_from:  # the file's weights fix the model; a flag that asks for another one is a mistake
         params, vocab = checkpoint.load_weights(args.init_from)
-        cfg = cfg.replace(hidden_size=params.hidden_size)
+        model = {"cell": params.cell, "num_layers": params.num_layers, "hidden_size": params.hidden_size}
+        clash = [f"--{k.replace('_', '-')} {given[k]}" for k in model if k in given and given[k] != model[k]]
+        if clash:
+            raise ValueError(f"--init-from {args.init_from} holds a {params.num_layers}-layer {params.cell} with "
+                             f"hidden_size {params.hidden_size}, but got {', '.join(clash)}; leave "
+                             f"{'them' if len(clash) > 1 else 'it'} out to go on with that model, or drop --init-from")
+        cfg = cfg.replace(**model)
     corpus = load_corpus(args.data, args.val_fraction, vocab=vocab)
     if args.init_from:
         from .trainer import init_state

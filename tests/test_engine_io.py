@@ -331,6 +331,23 @@ def test_every_engine_option_has_a_flag(small_file):
             trainer.cfg.iterations, trainer.cfg.hidden_size) == (0.25, "adam", "cosine", 5, 50, TrainConfig.hidden_size)
 
 
+def test_init_from_takes_the_model_from_the_file(tmp_path, small_file):
+    """--init-from goes on with the file's cell, layer count and width; a flag that asks for another is an error."""
+    corpus = load_corpus(small_file, 0.1)
+    cfg = TrainConfig(cell="lstm", num_layers=2, hidden_size=8, seq_length=10, iterations=3)
+    tr = Trainer(cfg, corpus)
+    tr.run(3)
+    checkpoint.save(tmp_path / "lstm.npz", cfg, corpus.vocab, tr.state)
+    r = run_cli("-m", "rnncore.train", "--data", str(small_file), "--init-from", str(tmp_path / "lstm.npz"),
+                "--iterations", "2", "--eval-every", "2", "--sample-length", "5")
+    assert r.returncode == 0, r.stderr
+    assert "| lstm L=2 H=8 " in r.stdout.splitlines()[0]
+    r = run_cli("-m", "rnncore.train", "--data", str(small_file), "--init-from", str(tmp_path / "lstm.npz"),
+                "--cell", "gru", "--hidden-size", "8")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("error: --init-from") and "2-layer lstm" in r.stderr and "got --cell gru;" in r.stderr
+
+
 # ---------------------------------------------------------------- Unicode
 
 
