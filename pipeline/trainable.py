@@ -22,7 +22,6 @@ import tempfile
 import uuid
 from typing import Any
 
-import numpy as np
 import ray
 from ray import tune
 
@@ -227,9 +226,7 @@ def train_pack(config: dict[str, Any], *, corpus: Corpus, base: dict[str, Any], 
 
     Every report carries one entry per member under "members" (the driver turns them into the members'
     own MLflow runs and Parquet rows) and a checkpoint holding each member's rnncore checkpoint."""
-    import time
-
-    from rnncore.trainer import PackedTrainer, next_boundary
+    from rnncore.trainer import PackedTrainer
 
     members = packs[config["pack"]]
     cfgs = [train_config(base, trials[i], trial_seed(sweep_seed, i), derive_seed=derive_seed) for i in members]
@@ -245,32 +242,22 @@ def train_pack(config: dict[str, Any], *, corpus: Corpus, base: dict[str, Any], 
         if not active:  # ended before the restart: keep it ended, as it was
             pt.diverged[k] = diverged
             pt.freeze(k)
-    c0, node, t_start = cfgs[0], ray.get_runtime_context().get_node_id(), time.perf_counter()
+    c0, node = cfgs[0], ray.get_runtime_context().get_node_id()
     ended = {k for k in range(len(members)) if not pt.active[k]}
-    while pt.iteration < c0.iterations and pt.active.any():
-        t0 = time.perf_counter()
-        losses = pt.run(next_boundary(c0, pt.iteration) - pt.iteration)
-        dt = time.perf_counter() - t0
-        done = pt.iteration >= c0.iterations
-        val = pt.evaluate()
-        sample_due = done or (c0.sample_every and pt.iteration % c0.sample_every == 0)
+    for pr in train_loop(pt):
+        val = pr.val_loss if pr.val_loss is not None else pt.evaluate()  # Tune wants the metric in every report
         states = [pt.member_state(k) for k in range(len(members))]  # host copies: the report and the checkpoint
         out = []
         for k, i in enumerate(members):
             if k in ended:
                 continue
-            st, diverged = states[k], bool(pt.diverged[k])
-            ran = int((~np.isnan(losses[:, k])).sum())
-            text = ""
-            if sample_due and not diverged:
-                text = Trainer(cfgs[k].replace(device="cpu"), corpus, st).sample()
-            v = None if diverged else float(val[k])
+            st, diverged = states[k], bool(pr.diverged[k])
             out.append({"trial_index": i, "config": trials[i], "iteration": st.iteration,
-                        **_losses(st.smooth_loss, v),
-                        "chars_per_sec": ran * c0.seq_length * c0.batch_size / max(dt, 1e-9),
-                        "elapsed_s": time.perf_counter() - t_start, "diverged": diverged, "sample": text,
-                        "trial_seed": cfgs[k].seed, "ended": diverged or done, "lr": cfgs[k].learning_rate})
-            if diverged or done:
+                        **_losses(st.smooth_loss, None if diverged else float(val[k])),
+                        "chars_per_sec": float(pr.chars_per_sec[k]), "elapsed_s": pr.elapsed_s,
+                        "diverged": diverged, "sample": pr.sample[k] or "", "trial_seed": cfgs[k].seed,
+                        "ended": diverged or pr.done, "lr": cfgs[k].learning_rate})
+            if diverged or pr.done:
                 ended.add(k)
         vals = [m["val_loss"] for m in out if not m["diverged"]]
         metrics = {"iteration": pt.iteration, "val_loss": min(vals, default=math.inf),

@@ -245,7 +245,7 @@ def _trial_major(dst_km, src) -> None:
 
 def forward(P: Params, X, h0, ws: Workspace, masks=None):
     """Every layer over the window from the carried state h0; returns the top layer's output as rows."""
-    T, B, K, xp, mm = ws.T, ws.B, ws.K, ws.xp, ws.mm
+    T, B, K, mm = ws.T, ws.B, ws.K, ws.mm
     for l, (layer, state) in enumerate(zip(ws.layers, ws.load_state(h0))):
         W = P.layer(l)
         if l == 0:  # the input layer for all steps at once: columns of Wxh picked by the one-hot inputs
@@ -266,7 +266,7 @@ def loss_and_grads(P: Params, X, Y, h0, ws: Workspace, grad_scale: float = 1.0, 
     streams). masks: None, or the dropout masks (L, T, [K,] B, H), already scaled by 1 / (1 - dropout).
     Returns a float, or a (K,) array of per-trial sums when packed.
     """
-    T, B, K, xp, mm, L = ws.T, ws.B, ws.K, ws.xp, ws.mm, ws.num_layers
+    K, xp, mm, L = ws.K, ws.xp, ws.mm, ws.num_layers
     hflat = forward(P, X, h0, ws, masks)
 
     # output layer over all T*B positions: one GEMM, a stable softmax, the loss

@@ -389,7 +389,7 @@ def train_loop(trainer: Trainer | PackedTrainer) -> Iterator[Progress]:
         want_sample = done or (cfg.sample_every and s.iteration % cfg.sample_every == 0)
         if packed:
             val = trainer.evaluate() if (s.iteration % cfg.eval_every == 0 or done) else None
-            text = [trainer.member_sample(k) if want_sample and not trainer.diverged[k] else None
+            text = [trainer.member_sample(k) if want_sample and trainer.active[k] else None
                     for k in range(trainer.K)]
             ran = (~np.isnan(losses)).sum(axis=0)
             yield Progress(iteration=s.iteration, train_loss=s.smooth_loss.copy(), last_loss=losses[-1],
