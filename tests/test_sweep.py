@@ -432,6 +432,58 @@ def test_dry_run_prints_the_plan_and_creates_nothing(tmp_path: Path, run_module,
     assert list(fresh_ray_tmpdir.iterdir()) == []  # Ray never started (it would have made <RAY_TMPDIR>/ray)
 
 
+# the model-family options, set to values that are not the defaults
+FAMILY = {"num_layers": 2, "dropout": 0.1, "optimizer": "adam", "learning_rate": 0.01, "lr_schedule": "cosine",
+          "warmup": 10}
+FAMILY_SWEEP: dict[str, Any] = {**FIFO, "train": {**FIFO["train"], "cell": {"choice": ["rnn", "lstm"]}, **FAMILY}}
+
+
+def test_dry_run_lists_a_searched_cell_and_the_model_family_options(tmp_path: Path, run_module, cli_env,
+                                                                    fresh_ray_tmpdir, corpus_text, snapshot,
+                                                                    proc_text) -> None:
+    sweep_file = write_sweep(tmp_path, FAMILY_SWEEP, corpus_text(CORPUS_CHARS))
+    before = snapshot(tmp_path)
+    proc = run_module("pipeline.sweep", sweep_file.name, "--dry-run", cwd=tmp_path,
+                      env=cli_env(ray_tmp=fresh_ray_tmpdir))
+    assert proc.returncode == 0, proc_text(proc)
+    out = proc.stdout
+    searched, fixed = out[out.index("searched:"):out.index("fixed:")], out[out.index("fixed:"):]
+    assert re.search(r"^\s+cell\s+choice of \['rnn', 'lstm'\]", searched, re.M), out
+    for key, value in FAMILY.items():
+        assert re.search(rf"^\s+{key}\s+{re.escape(repr(value))}$", fixed, re.M), (key, out)
+    assert snapshot(tmp_path) == before and list(fresh_ray_tmpdir.iterdir()) == []
+
+
+def test_model_family_options_reach_the_run_name_the_mlflow_params_and_the_columns(tmp_path: Path,
+                                                                                  corpus_text) -> None:
+    """What the driver's callback makes of a trial that drew cell lstm (no Ray started, MLflow stubbed)."""
+    from types import SimpleNamespace
+
+    from pipeline.callback import SweepCallback
+    from pipeline.config import load_sweep
+    from pipeline.results import ResultsTable
+
+    cfg = load_sweep(write_sweep(tmp_path, FAMILY_SWEEP, corpus_text(CORPUS_CHARS)))
+    runs = []
+
+    class Tracker:
+        def trial_run(self, *, trial_id: str, name: str, params: dict[str, Any]) -> str:
+            runs.append((trial_id, name, dict(params)))
+            return "run0"
+
+    table = ResultsTable(tmp_path / "out", sweep_text=cfg.source_text)
+    callback = SweepCallback(cfg=cfg, tracker=Tracker(), table=table)
+    trial = SimpleNamespace(trial_id="e2e_00001", config={"cell": "lstm", "learning_rate": 0.031}, storage=None)
+    callback.on_trial_start(0, [trial], trial)
+    [(key, name, params)] = runs
+    assert (key, name) == ("t0001", "t0001-lstm-lr0.031")
+    want = {**FAMILY, "cell": "lstm", "learning_rate": 0.031}
+    assert {k: params[k] for k in want} == want
+    table.write()
+    row = pd.read_parquet(tmp_path / "out" / "trials.parquet").iloc[0]
+    assert {k: row[k] for k in want} == want
+
+
 # ------------------------------------------------------------------------------------- bad sweep files
 
 
@@ -453,6 +505,14 @@ def _touch(relative: str, text: str = "") -> Callable[[Path], None]:
     return setup
 
 
+def _pbt(mutations: dict[str, Any]) -> Callable[[dict], None]:
+    """PBT over BAD_BASE's population of 2, with these mutations (room to perturb: 200 iterations)."""
+    def change(sweep: dict) -> None:
+        _set("train.iterations", 200)(sweep)
+        _set("scheduler", {"type": "pbt", "perturbation_interval": 50, "mutations": mutations})(sweep)
+    return change
+
+
 BAD_BASE: dict[str, Any] = {**FIFO, "name": "bad", "train": {**FIFO["train"], "iterations": 50}}
 
 # id, change to the sweep, setup of the working dir, key the message must name, further words it must contain
@@ -471,6 +531,26 @@ BAD_CASES = [
                  id="output_is_a_file"),
     pytest.param(_set("output", "out"), _touch("out/trials.parquet"), "--resume", ["output", "new folder"],
                  id="output_holds_a_sweep"),
+    pytest.param(_set("train.cell", "lstn"), None, "train.cell", ["must be one of rnn, lstm, gru", "'lstn'",
+                                                                  "did you mean 'lstm'?"], id="unknown_cell"),
+    pytest.param(_set("train.dropout", 1.0), None, "train.dropout", ["must be in [0, 1)", "dropout=1.0", "use 0"],
+                 id="dropout_1"),
+    pytest.param(_set("train.dropout", -0.1), None, "train.dropout", ["must be in [0, 1)", "dropout=-0.1", "use 0"],
+                 id="dropout_negative"),
+    pytest.param(_set("train.num_layers", 0), None, "train.num_layers", ["must be >= 1", "num_layers=0", "use 1"],
+                 id="num_layers_0"),
+    pytest.param(_set("train.warmup", 60), None, "train.warmup",
+                 ["warmup must be <= iterations", "warmup=60 with iterations=50", "lower warmup"],
+                 id="warmup_beyond_iterations"),
+    pytest.param(_set("train.warmup", {"randint": [0, 100]}), None, "train.warmup",
+                 ["warmup=99 with iterations=50", "the largest warmup the search can draw", "lower warmup"],
+                 id="searched_warmup_beyond_iterations"),
+    pytest.param(_pbt({"num_layers": {"choice": [1, 2]}}), None,
+                 "scheduler.mutations.num_layers", ["cannot change while a trial trains", "search it under train:"],
+                 id="pbt_mutates_num_layers"),
+    pytest.param(_pbt({"cell": {"choice": ["rnn", "lstm"]}}), None,
+                 "scheduler.mutations.cell", ["cannot change while a trial trains", "search it under train:"],
+                 id="pbt_mutates_cell"),
     pytest.param(_set("resources", {"cpu": 1, "gpu": 1}), None, "resources.gpu", ["GPU"],
                  id="gpu_not_in_cluster", marks=pytest.mark.slow),  # starts Ray to read its resources
     pytest.param(lambda s: (_set("train.device", "gpu")(s), _set("resources", {"cpu": 1, "gpu": 0.5})(s)), None,
@@ -494,6 +574,7 @@ def test_bad_sweep_file_exits_2_and_creates_nothing(change, setup, key: str, wor
     assert proc.returncode == 2, proc_text(proc)
     assert proc.stderr.startswith("error:") or "\nerror:" in proc.stderr, proc_text(proc)
     assert key in proc.stderr, proc_text(proc)
+    assert sum(line.startswith("  - ") for line in proc.stderr.splitlines()) <= 1, proc_text(proc)  # this one only
     for word in words:
         assert word in proc.stderr, proc_text(proc)
     assert "Traceback" not in proc.stderr
