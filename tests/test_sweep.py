@@ -484,6 +484,19 @@ def test_model_family_options_reach_the_run_name_the_mlflow_params_and_the_colum
     assert {k: row[k] for k in want} == want
 
 
+def test_packs_group_trials_by_the_shape_options() -> None:
+    """Trials that differ only in options of kind member or mutable (dropout, learning_rate, seed) share a pack;
+    a different cell, layer count or warm-up starts another (rnncore.config.SHAPE_KEYS)."""
+    from pipeline.packing import make_packs
+    from rnncore.config import TrainConfig
+
+    base = TrainConfig().to_dict()
+    trials = [{"dropout": 0.1, "learning_rate": 0.1}, {"cell": "lstm"}, {"dropout": 0.3, "seed": 5},
+              {"num_layers": 2}, {"cell": "lstm", "dropout": 0.2}, {"warmup": 10}, {"learning_rate": 0.2}]
+    assert make_packs(trials, base, max_trials=8) == [[0, 2, 6], [1, 4], [3], [5]]
+    assert make_packs(trials, base, max_trials=2) == [[0, 2], [1, 4], [3], [5], [6]]
+
+
 # ------------------------------------------------------------------------------------- bad sweep files
 
 
