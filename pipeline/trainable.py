@@ -27,6 +27,7 @@ from ray import tune
 
 from rnncore import Corpus, TrainConfig, Trainer, train_loop
 from rnncore import checkpoint as ckpt
+from rnncore.optim import learning_rate_at
 
 CHECKPOINT_FILE = "checkpoint.npz"
 REPORT_FILE = "report.json"
@@ -111,7 +112,7 @@ def train_trial(config: dict[str, Any], *, corpus: Corpus, base: dict[str, Any],
             "trial_index": index,
             "trial_seed": cfg.seed,
             "target_iterations": cfg.iterations,
-            "lr": cfg.learning_rate,
+            "lr": learning_rate_at(cfg, max(0, pr.iteration - 1)),  # the rate of the latest update
             "start_iteration": start,  # where this run of the trial took over (a PBT branch starts there)
             "run_token": run_token,  # which run: a restart from the same iteration is another run
         }
@@ -256,7 +257,7 @@ def train_pack(config: dict[str, Any], *, corpus: Corpus, base: dict[str, Any], 
                         **_losses(st.smooth_loss, None if diverged else float(val[k])),
                         "chars_per_sec": float(pr.chars_per_sec[k]), "elapsed_s": pr.elapsed_s,
                         "diverged": diverged, "sample": pr.sample[k] or "", "trial_seed": cfgs[k].seed,
-                        "ended": diverged or pr.done, "lr": cfgs[k].learning_rate})
+                        "ended": diverged or pr.done, "lr": learning_rate_at(cfgs[k], max(0, st.iteration - 1))})
             if diverged or pr.done:
                 ended.add(k)
         vals = [m["val_loss"] for m in out if not m["diverged"]]

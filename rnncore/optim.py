@@ -73,3 +73,8 @@ def lr_factor(schedule: str, warmup: int, iterations: int, it: int) -> float:
         return 1.0
     progress = min(1.0, max(0.0, (it - warmup) / max(1, iterations - warmup)))
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def learning_rate_at(cfg, iteration: int) -> float:
+    """The learning rate of the update made at `iteration` (0-based) under cfg's schedule."""
+    return cfg.learning_rate * lr_factor(cfg.lr_schedule, cfg.warmup, cfg.iterations, iteration)
