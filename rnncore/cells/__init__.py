@@ -2,7 +2,9 @@
 pass through time, for one layer; rnncore.model stacks layers and adds the input and output layers.
 
 A cell module has G (gate blocks in Wxh, Whh, bh), extra_biases(H), init_biases(arrays, H), carries (1 for h,
-2 for h and c) and a Layer class: the buffers of one layer over one window, with load / forward / backward.
+2 for h and c) and a Layer class: the buffers of one layer over one window, with load_ids (the first layer's
+input, character ids) or load_rows (a lower layer's output), forward, final, backward and grad_Whh. The gated
+cells share their layout and window-wide products (gates.py).
 """
 from . import gru, lstm, rnn
 

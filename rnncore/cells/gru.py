@@ -5,8 +5,9 @@
     n = tanh(ax_n + r ⊙ (ah_n + bhn))
     h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}
 
-(PyTorch's b_ih is bh; its b_hh is [0, 0, bhn], its r and z parts being redundant with bh's.) Gates live
-gate-major, (T, *lead, 3, B, H), each one contiguous (B, H) block.
+(PyTorch's b_ih is bh; its b_hh is [0, 0, bhn], its r and z parts being redundant with bh's.) The layout, the
+input side and the window-wide products are the gated cells' (cells/gates.py): every gate of a step is one
+contiguous (B, H) block, and the recurrence is one GEMM per step.
 
 Backward through time, with dh = dh_t (from above) + dh' (from step t+1):
     dz = dh ⊙ (h_{t-1} - n)       dn = dh ⊙ (1 - z)        da_n = dn ⊙ (1 - n²)
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .lstm import rows, sigmoid_
+from .gates import GatedLayer
 
 G = 3  # gate blocks: r, z, n
 carries = 1  # the carried state is h
@@ -33,47 +34,39 @@ def init_biases(bh, H: int) -> None:
     pass
 
 
-class Layer:
-    """One layer's buffers for a (T, B) window, reused by every step."""
+class Layer(GatedLayer):
+    """One layer's buffers for a (T, B) window, reused by every step. dxr holds dax; dhr holds dah."""
+
+    G = G
+    SIGMOID = (0, 1)  # r, z
 
     def __init__(self, T: int, lead: tuple, B: int, H: int, dtype, xp=np):
-        self.T, self.lead, self.B, self.H, self.xp = T, lead, B, H, xp
-        self.acts = xp.zeros((T, *lead, 3, B, H), dtype)  # ax, then the gates r, z, n in place
+        super().__init__(T, lead, B, H, dtype, xp)
         self.ahn = xp.zeros((T, *lead, B, H), dtype)  # Whn h_{t-1} + bhn
-        self.hs = xp.zeros((T + 1, *lead, B, H), dtype)
-        self.rec = xp.zeros((*lead, 3, B, H), dtype)  # h_{t-1} Whh^T, gate-major
-        self.dh = xp.zeros((T, *lead, B, H), dtype)
-        self.dax = xp.zeros((T, *lead, 3, B, H), dtype)  # gradient at the input-side pre-activations
-        self.dah = xp.zeros((T, *lead, 3, B, H), dtype)  # ... and at the hidden side
-        self.dhn, self.d = (xp.zeros((*lead, B, H), dtype) for _ in range(2))
-        self.drow = xp.zeros((*lead, B, 3, H), dtype)
-        K = lead[0] if lead else None
-        kk = (K,) if lead else ()
-        self.dxr, self.dhr = (xp.zeros(kk + (T, B, 3, H), dtype) for _ in range(2))
-        self.dx_rows, self.dh_rows = (a.reshape(*kk, T * B, 3 * H) for a in (self.dxr, self.dhr))
-        self.hprev = xp.zeros((K, T * B, H), dtype) if lead else self.hs[:-1].reshape(T * B, H)
-        self.mm = xp.matmul if lead else (np.ndarray.dot if xp is np else xp.dot)
-
-    def load(self, xw, bh) -> None:
-        T, B, H = self.T, self.B, self.H
-        gm = xw.reshape(T, *self.lead, B, 3, H).swapaxes(-3, -2)
-        self.xp.add(gm, bh.reshape(*self.lead, 3, 1, H), out=self.acts)
+        self.d = xp.zeros((*lead, B, H), dtype)
+        self.d2 = xp.zeros((2, *lead, B, H), dtype)
+        self.dhr = xp.zeros((*lead, T, B, 3, H), dtype)  # dah as rows
+        self.dh_rows = self.dhr.reshape(*lead, T * B, 3 * H)
+        self.dhr_t = [self.dhr[..., t, :, :, :] for t in range(T)]  # (*lead, B, 3, H)
+        self.dhflat_t = [d.reshape(*lead, B, 3 * H) for d in self.dhr_t]
+        self.ahn_t = list(self.ahn)
 
     def forward(self, W, state) -> None:
-        xp, H = self.xp, self.H
-        WhhT = W.Whh.reshape(*self.lead, 3, H, H).swapaxes(-1, -2)
+        """The recurrence from state = (h_{-1},): fills hs, the gates and ahn."""
+        xp, mm, WT, rec = self.xp, self.xp.matmul, self.WT, self.rec
+        self.recurrent_weights(W)
         bhn = W.bhn.swapaxes(-1, -2)  # (*lead, 1, H)
         self.hs[0] = state[0]
-        rec = self.rec
+        hs = self.hs_t
         for t in range(self.T):
-            a, h_prev, h = self.acts[t], self.hs[t], self.hs[t + 1]
-            xp.matmul(h_prev[..., None, :, :], WhhT, out=rec)
-            rz = a[..., 0:2, :, :]
-            rz += rec[..., 0:2, :, :]
-            sigmoid_(rz, xp)
-            r, z, n = a[..., 0, :, :], a[..., 1, :, :], a[..., 2, :, :]
-            ahn = self.ahn[t]
-            xp.add(rec[..., 2, :, :], bhn, out=ahn)
+            a, (r, z, n), h_prev, h, ahn = self.a_t[t], self.gates_t[t], hs[t], hs[t + 1], self.ahn_t[t]
+            mm(h_prev, WT, out=rec)  # h_{t-1} Whh^T, its σ blocks halved like a's
+            rz = a[0:2]
+            rz += rec[0:2]
+            xp.tanh(rz, out=rz)
+            rz *= 0.5
+            rz += 0.5  # r, z = (1 + tanh(a/2)) / 2
+            xp.add(rec[2], bhn, out=ahn)
             xp.multiply(r, ahn, out=h)  # h as scratch
             n += h
             xp.tanh(n, out=n)
@@ -86,15 +79,14 @@ class Layer:
 
     def backward(self, W):
         """Through time from dh; returns dax as ([K,] T*B, 3H) rows (dah is kept for grad_Whh)."""
-        xp, mul, add, sub = self.xp, self.xp.multiply, self.xp.add, self.xp.subtract
-        Whh, lead, B, H = W.Whh, self.lead, self.B, self.H
-        dhn, d = self.dhn, self.d
+        xp, mm, mul, add, sub = self.xp, self.mm, self.xp.multiply, self.xp.add, self.xp.subtract
+        Whh, dh_t, hs = W.Whh, self.dh_t, self.hs_t
+        dhn, d, d2 = self.rec[0], self.d, self.d2  # rec is free after forward
+        dr, dz, dn = self.da
         dhn.fill(0)
         for t in range(self.T - 1, -1, -1):
-            a, dax, dah, h_prev = self.acts[t], self.dax[t], self.dah[t], self.hs[t]
-            r, z, n = a[..., 0, :, :], a[..., 1, :, :], a[..., 2, :, :]
-            dr, dz, dn = dax[..., 0, :, :], dax[..., 1, :, :], dax[..., 2, :, :]
-            dh = add(self.dh[t], dhn, out=dhn)
+            a, (r, z, n), h_prev = self.a_t[t], self.gates_t[t], hs[t]
+            dh = add(dh_t[t], dhn, out=dhn)
             sub(h_prev, n, out=d)
             mul(dh, d, out=dz)  # dz = dh (h_{t-1} - n)
             sub(1, z, out=d)
@@ -102,26 +94,19 @@ class Layer:
             mul(n, n, out=d)
             sub(1, d, out=d)
             mul(dn, d, out=dn)  # da_n = dn (1 - n²)
-            mul(dn, self.ahn[t], out=dr)  # dr = da_n (Whn h + bhn)
-            sub(1, r, out=d)
-            mul(d, r, out=d)
-            mul(dr, d, out=dr)  # da_r
-            sub(1, z, out=d)
-            mul(d, z, out=d)
-            mul(dz, d, out=dz)  # da_z
-            dah[..., 0:2, :, :] = dax[..., 0:2, :, :]
-            mul(dn, r, out=dah[..., 2, :, :])
+            mul(dn, self.ahn_t[t], out=dr)  # dr = da_n (Whn h + bhn)
+            sub(1, a[0:2], out=d2)  # σ' = s(1-s) for r and z, one call on both blocks
+            mul(d2, a[0:2], out=d2)
+            mul(self.da[0:2], d2, out=self.da[0:2])  # da_r, da_z
+            self.rows_out(t)  # dax
+            dah = self.dhr_t[t]
+            dah[..., 0:2, :] = self.da_rows[..., 0:2, :]
+            mul(dn, r, out=dah[..., 2, :])  # dah_n = da_n r
             if t:
                 mul(dh, z, out=d)  # the direct path z h_{t-1}
-                self.drow[...] = dah.swapaxes(-3, -2)
-                self.mm(self.drow.reshape(*lead, B, 3 * H), Whh, out=dhn)
+                mm(self.dhflat_t[t], Whh, out=dhn)
                 dhn += d
-        rows(self.dxr, self.dax, lead)
-        rows(self.dhr, self.dah, lead)
-        if lead:
-            K, T = lead[0], self.T
-            self.hprev.reshape(K, T, B, H)[...] = self.hs[:-1].transpose(1, 0, 2, 3)
-        return self.dx_rows
+        return self.finish_backward()
 
     def grad_Whh(self, dW) -> None:
         self.mm(self.dh_rows.swapaxes(-1, -2), self.hprev, out=dW.Whh)

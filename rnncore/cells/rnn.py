@@ -50,12 +50,31 @@ class Layer:
         # 2-D products: BLAS gemv/gemm without matmul's batch overhead; numpy's method skips np.dot's dispatch
         self.mm = xp.matmul if lead else (np.ndarray.dot if xp is np else xp.dot)
         self.fused = None if xp is np else _gpu_kernels(xp)
+        self.xw, self.kk = None, None  # the input projection's buffers, made by the first load_rows / load_ids
         # per-step views, so the time loops index a Python list instead of building views each step
         self.hs_t, self.pre_t, self.dh_t, self.dtanh_t = list(self.hs), list(self.pre), list(self.dh), list(self.dtanh)
 
     def load(self, xw, bh) -> None:
         """pre = Wxh x + bh, from xw (T, *lead, B, H), the input projection of every step."""
         self.xp.add(xw, bh.swapaxes(-1, -2), out=self.pre)
+
+    def load_ids(self, W, X) -> None:
+        """The first layer, for all steps at once: Wxh x_t is column x_t of Wxh (x_t one-hot)."""
+        if self.lead:
+            if self.kk is None:
+                self.kk = self.xp.arange(self.lead[0])[None, :, None]  # (1, K, 1) trial index for the gather
+            self.load(W.Wxh.swapaxes(1, 2)[self.kk, X[:, None, :]], W.bh)  # (T, K, B, H)
+        else:
+            self.load(W.Wxh.T[X], W.bh)  # (T, B, H)
+
+    def load_rows(self, W, x) -> None:
+        """Layers above: Wxh x for all steps, one GEMM over the layer below's output x ([K,] T*B, H)."""
+        T, B = self.T, self.B
+        if self.xw is None:
+            self.xw = self.xp.zeros(x.shape[:-1] + (self.H,), self.hs.dtype)
+        self.mm(x, W.Wxh.swapaxes(-1, -2), out=self.xw)
+        self.load(self.xw.reshape(T, B, -1) if not self.lead else
+                  self.xw.reshape(self.lead[0], T, B, -1).transpose(1, 0, 2, 3), W.bh)
 
     def forward(self, W, state) -> None:
         """The recurrence from state = (h_{-1},): fills hs."""
