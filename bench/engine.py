@@ -1,8 +1,12 @@
-"""Training throughput, side by side: the seed's loop (tests/seed_oracle.SeedRNN) vs rnncore, each in a process.
+"""Training throughput of rnncore beside the seed's loop and PyTorch, each contender in a process of its own.
+
+The seed's loop (tests/seed_oracle.SeedRNN) is the baseline of the seed's cell (rnn); PyTorch's CPU nn.LSTM and
+nn.GRU are the baselines of the gated cells.
 
     .venv/bin/python bench/engine.py              # 8 interleaved rounds of 1.5 s per contender and setting
     .venv/bin/python bench/engine.py --quick      # a smoke run (short rounds)
     .venv/bin/python bench/engine.py --rows 1 2   # only the first two settings (1-based, table order)
+    .venv/bin/python bench/engine.py --rows 5 6 --torch-python /work/torchvenv/bin/python
 
 One BLAS thread for everyone. The seed has no batch: it always runs at B=1 float64 with the row's H and T.
 Rounds alternate between contenders so background load hits them alike; each contender's best round counts.
@@ -11,7 +15,18 @@ view, which a burst of load during one contender's best round cannot move. "spre
 highest of those per-round ratios: how far one run's own rounds disagree, which a margin has to beat.
 Each contender trains in a process of its own, the way it runs for real: in one shared process the seed's
 speed depended on what the other contender had allocated before it (the heap's state), by up to 20 %.
-If PyTorch imports, a CPU nn.RNN baseline (one-hot input, Linear output, cross-entropy, Adagrad) is added.
+
+PyTorch: its contenders run under the Python named by --torch-python (or the environment variable
+RNNSWEEP_TORCH_PYTHON), else under this script's own Python; the torch columns and rows appear when
+`import torch` works there. torch can live in a virtual environment of its own (a CPU build is ~200 MB):
+    python3 -m venv /work/torchvenv && /work/torchvenv/bin/pip install numpy torch \
+        --index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple
+That Python imports rnncore from this checkout (numpy only) to read the same corpus. Each PyTorch contender
+trains the same windows of the same data as rnncore: B streams at equally spaced offsets, T characters a
+window, the hidden state carried and detached, one-hot input, a Linear output layer, cross-entropy, every
+gradient clamped to [-5, 5], Adagrad at 0.1, torch.set_num_threads(1). It uses PyTorch's own initialisation.
+- Rows with the seed's cell (rnn) compare against the seed; with torch, an nn.RNN(tanh) column is added.
+- Rows with an LSTM or GRU compare against nn.LSTM / nn.GRU (the seed has no gated cell).
 Not a test: it prints numbers; the lead reads them on a quiet machine.
 """
 from __future__ import annotations
@@ -24,8 +39,8 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "BLIS
 
 import argparse  # noqa: E402
 import gc  # noqa: E402
-import multiprocessing as mp  # noqa: E402
 import platform  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -39,13 +54,16 @@ sys.path.insert(0, str(REPO / "tests"))
 from rnncore import TrainConfig, Trainer, load_corpus  # noqa: E402
 from seed_oracle import SeedRNN  # noqa: E402
 
-# (H, T, B, dtype, target ratio rnncore/seed or None)
+# (cell, H, T, B, dtype, target ratio or None): rnncore/seed for the rnn rows, rnncore/torch for the gated ones
 SETTINGS = [
-    (100, 25, 1, "float64", 3.5),
-    (512, 50, 1, "float64", 6.0),
-    (100, 25, 64, "float32", 15.0),
-    (512, 25, 64, "float32", None),
+    ("rnn", 100, 25, 1, "float64", 3.5),
+    ("rnn", 512, 50, 1, "float64", 6.0),
+    ("rnn", 100, 25, 64, "float32", 15.0),
+    ("rnn", 512, 25, 64, "float32", None),
+    ("lstm", 256, 50, 64, "float32", 1.0),
+    ("gru", 256, 50, 64, "float32", 1.0),
 ]
+TORCH_PYTHON_ENV = "RNNSWEEP_TORCH_PYTHON"
 
 
 def blas_info() -> str:
@@ -98,8 +116,8 @@ class SeedContender:
 class RnncoreContender:
     name = "rnncore"
 
-    def __init__(self, corpus, H: int, T: int, B: int, dtype: str):
-        self.trainer = Trainer(TrainConfig(hidden_size=H, seq_length=T, batch_size=B, dtype=dtype,
+    def __init__(self, corpus, cell: str, H: int, T: int, B: int, dtype: str):
+        self.trainer = Trainer(TrainConfig(cell=cell, hidden_size=H, seq_length=T, batch_size=B, dtype=dtype,
                                            learning_rate=0.1), corpus)
         self.chars_per_step = T * B
 
@@ -108,17 +126,21 @@ class RnncoreContender:
 
 
 class TorchContender:
-    """nn.RNN(tanh) on one-hot inputs (its W_ih is the seed's Wxh), a Linear output layer, cross-entropy,
-    element-wise clip at 5, Adagrad; B streams at equally spaced offsets, hidden state carried and detached."""
+    """nn.RNN(tanh), nn.LSTM or nn.GRU on one-hot inputs (W_ih is rnncore's Wxh), a Linear output layer,
+    cross-entropy, element-wise clip at 5, Adagrad; B streams at equally spaced offsets, the hidden state
+    (an LSTM's h and c) carried and detached."""
     name = "torch"
 
-    def __init__(self, torch, corpus, H: int, T: int, B: int, dtype: str):
+    def __init__(self, torch, corpus, cell: str, H: int, T: int, B: int, dtype: str):
         self.torch = torch
         nn = torch.nn
         self.dtype = getattr(torch, dtype)
         V = corpus.vocab.size
         self.V, self.T, self.B = V, T, B
-        self.rnn = nn.RNN(V, H, nonlinearity="tanh").to(self.dtype)
+        if cell == "rnn":
+            self.rnn = nn.RNN(V, H, nonlinearity="tanh").to(self.dtype)
+        else:
+            self.rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[cell](V, H).to(self.dtype)
         self.out = nn.Linear(H, V).to(self.dtype)
         self.params = list(self.rnn.parameters()) + list(self.out.parameters())
         self.opt = torch.optim.Adagrad(self.params, lr=0.1, eps=1e-8)
@@ -126,14 +148,16 @@ class TorchContender:
         train = torch.from_numpy(corpus.train.astype(np.int64))
         self.L = len(train) // B
         self.streams = train[: self.L * B].view(B, self.L).t().contiguous()  # (L, B)
-        self.p, self.h, self.first = 0, torch.zeros(1, B, H, dtype=self.dtype), True
+        zeros = torch.zeros(1, B, H, dtype=self.dtype)
+        self.p, self.h, self.first = 0, (zeros, zeros.clone()) if cell == "lstm" else zeros, True
         self.chars_per_step = T * B
 
     def step(self) -> None:
         torch, T = self.torch, self.T
         if self.first or self.p + T + 1 >= self.L:
             self.p, self.first = 0, False
-            self.h = self.h.new_zeros(self.h.shape)
+            self.h = tuple(h.new_zeros(h.shape) for h in self.h) if isinstance(self.h, tuple) else \
+                self.h.new_zeros(self.h.shape)
         win = self.streams[self.p: self.p + T + 1]  # (T+1, B)
         x = torch.nn.functional.one_hot(win[:-1], self.V).to(self.dtype)  # (T, B, V)
         hs, h = self.rnn(x, self.h)
@@ -143,7 +167,7 @@ class TorchContender:
         loss.backward()
         torch.nn.utils.clip_grad_value_(self.params, 5.0)
         self.opt.step()
-        self.h = h.detach()
+        self.h = tuple(a.detach() for a in h) if isinstance(h, tuple) else h.detach()
         self.p += T
 
 
@@ -159,44 +183,86 @@ def timed_round(contender, seconds: float) -> float:
             return steps * contender.chars_per_step / dt
 
 
-def _contender_process(conn, kind: str, data: str, H: int, T: int, B: int, dtype: str) -> None:
-    """A worker process: builds one contender, warms it up, then times one round per request."""
+def worker_main(kind: str, data: str, cell: str, H: int, T: int, B: int, dtype: str) -> int:
+    """A worker process (`engine.py --worker ...`): builds one contender, warms it up, then reads a round's
+    length in seconds per line on stdin and answers that round's chars/s on stdout; an empty line ends it."""
     limit_threads()
     corpus = load_corpus(data, 0.1)
     if kind == "seed":
         c = SeedContender(corpus, H, T)
     elif kind == "rnncore":
-        c = RnncoreContender(corpus, H, T, B, dtype)
+        c = RnncoreContender(corpus, cell, H, T, B, dtype)
     else:
         import torch
         torch.set_num_threads(1)
         torch.manual_seed(0)
-        c = TorchContender(torch, corpus, H, T, B, dtype)
+        c = TorchContender(torch, corpus, cell, H, T, B, dtype)
     for _ in range(2):  # warm up: buffers, caches, first-call costs
         c.step()
-    conn.send("ready")
-    while (seconds := conn.recv()) is not None:
-        conn.send(timed_round(c, seconds))
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if not line.strip():
+            break
+        print(timed_round(c, float(line)), flush=True)
+    return 0
 
 
 class Worker:
-    """One contender in a process of its own (spawned: a fresh interpreter and heap)."""
+    """One contender in a process of its own: a fresh interpreter and heap, under `python` (the torch
+    contenders may run under another environment's Python)."""
 
-    def __init__(self, ctx, kind: str, *args):
+    def __init__(self, python: str, kind: str, data: str, cell: str, H: int, T: int, B: int, dtype: str):
         self.name = kind
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_contender_process, args=(child, kind, *args), daemon=True)
-        self.proc.start()
-        if self.conn.recv() != "ready":
-            raise RuntimeError(f"the {kind} worker did not start")
+        cmd = [python, str(Path(__file__).resolve()), "--worker", kind, "--data", data,
+               "--setting", cell, str(H), str(T), str(B), dtype]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if self.proc.stdout.readline().strip() != "ready":
+            self.proc.kill()
+            raise RuntimeError(f"the {kind} worker did not start ({' '.join(cmd)})")
 
     def round(self, seconds: float) -> float:
-        self.conn.send(seconds)
-        return self.conn.recv()
+        self.proc.stdin.write(f"{seconds}\n")
+        self.proc.stdin.flush()
+        return float(self.proc.stdout.readline())
 
     def close(self) -> None:
-        self.conn.send(None)
-        self.proc.join(30)
+        try:
+            self.proc.stdin.write("\n")
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        self.proc.wait(30)
+
+
+def torch_python(flag: str | None) -> tuple[str | None, str]:
+    """The Python that runs the torch contenders and its torch version, or (None, why there is no torch)."""
+    python = flag or os.environ.get(TORCH_PYTHON_ENV) or sys.executable
+    try:
+        out = subprocess.run([python, "-c", "import torch; print(torch.__version__)"], capture_output=True,
+                             text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return None, f"{python} did not run ({e})"
+    if out.returncode != 0:
+        return None, f"torch does not import under {python}"
+    return python, out.stdout.strip()
+
+
+def measure(workers: list[Worker], rounds: int, seconds: float) -> dict[str, list[float]]:
+    """Interleaved rounds, the order alternating so that neither contender always goes first."""
+    speeds = {w.name: [] for w in workers}
+    for r in range(rounds):
+        for w in (workers if r % 2 == 0 else workers[::-1]):
+            speeds[w.name].append(w.round(seconds))
+    return speeds
+
+
+def ratio_cells(mine: list[float], theirs: list[float], target) -> str:
+    """ratio of best rounds | per-round median | spread | target | met"""
+    ratio = max(mine) / max(theirs)
+    per = np.array(mine) / np.array(theirs)
+    met = "—" if target is None else ("yes" if ratio >= target else "NO")
+    return (f"{ratio:.2f}x | {float(np.median(per)):.2f}x | {per.min():.2f}–{per.max():.2f} | "
+            f"{'—' if target is None else f'≥{target:g}x'} | {met} |")
 
 
 def main(argv=None) -> int:
@@ -207,59 +273,65 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", type=int, nargs="+", metavar="N", choices=range(1, len(SETTINGS) + 1),
                     help=f"only these settings, 1-based in table order (1..{len(SETTINGS)}); default all")
     ap.add_argument("--data", default=str(REPO / "data" / "tinyshakespeare.txt"))
+    ap.add_argument("--torch-python", metavar="PYTHON",
+                    help=f"the Python that runs the PyTorch contenders (default: ${TORCH_PYTHON_ENV}, else this one)")
+    ap.add_argument("--worker", choices=("seed", "rnncore", "torch"), help=argparse.SUPPRESS)
+    ap.add_argument("--setting", nargs=5, help=argparse.SUPPRESS)  # cell H T B dtype, for --worker
     args = ap.parse_args(argv)
+    if args.worker:
+        cell, H, T, B, dtype = args.setting
+        return worker_main(args.worker, args.data, cell, int(H), int(T), int(B), dtype)
     if args.quick:
         args.seconds, args.rounds = min(args.seconds, 0.3), min(args.rounds, 2)
 
-    try:
-        import torch
-    except ImportError:
-        torch = None
-
+    tpy, torch_version = torch_python(args.torch_python)
     corpus = load_corpus(args.data, 0.1)
-    print(f"# rnncore vs the seed's loop: training chars/s, one thread, each in its own process, best of "
-          f"{args.rounds} interleaved rounds of {args.seconds:g} s")
+    print(f"# rnncore vs the seed's loop and PyTorch: training chars/s, one thread, each in its own process, "
+          f"best of {args.rounds} interleaved rounds of {args.seconds:g} s")
     print(f"- CPU: {cpu_name()}; Python {platform.python_version()}; numpy {np.__version__}"
-          + (f"; torch {torch.__version__}" if torch else "; torch not installed (no torch column)"))
+          + (f"; torch {torch_version} ({tpy})" if tpy else f"; no torch column ({torch_version})"))
     print(f"- BLAS: {blas_info()}")
     print(f"- data: {args.data}: {len(corpus.train):,} train chars, vocab {corpus.vocab.size}; "
           "the seed always runs at B=1 float64\n", flush=True)
 
-    head = "| H | T | B | dtype | seed chars/s | rnncore chars/s | rnncore/seed | per round | spread | target | met |"
-    rule = "|---:|---:|---:|:---|---:|---:|---:|---:|:---:|---:|:---:|"
-    if torch:
-        head += " torch chars/s | rnncore/torch |"
-        rule += "---:|---:|"
-    rows = []
-    ctx = mp.get_context("spawn")
+    seed_rows, torch_rows = [], []
     settings = SETTINGS if not args.rows else [SETTINGS[i - 1] for i in args.rows]
-    for H, T, B, dtype, target in settings:
-        kinds = ["seed", "rnncore"] + (["torch"] if torch else [])
-        workers = [Worker(ctx, kind, args.data, H, T, B, dtype) for kind in kinds]
+    for cell, H, T, B, dtype, target in settings:
+        kinds = (["seed"] if cell == "rnn" else []) + ["rnncore"] + (["torch"] if tpy else [])
+        if cell != "rnn" and not tpy:
+            print(f"  skipped {cell} H={H}: its baseline is PyTorch ({torch_version})", file=sys.stderr)
+            continue
+        workers = []
         try:
-            speeds = {w.name: [] for w in workers}
-            for r in range(args.rounds):
-                order = workers if r % 2 == 0 else workers[::-1]  # alternate who goes first
-                for w in order:
-                    speeds[w.name].append(w.round(args.seconds))
+            for kind in kinds:
+                workers.append(Worker(tpy if kind == "torch" else sys.executable, kind, args.data, cell, H, T, B, dtype))
+            speeds = measure(workers, args.rounds, args.seconds)
         finally:
             for w in workers:
                 w.close()
         best = {name: max(v) for name, v in speeds.items()}
-        ratio = best["rnncore"] / best["seed"]
-        round_ratios = np.array(speeds["rnncore"]) / np.array(speeds["seed"])
-        per_round = float(np.median(round_ratios))
-        met = "—" if target is None else ("yes" if ratio >= target else "NO")
-        row = (f"| {H} | {T} | {B} | {dtype} | {best['seed']:,.0f} | {best['rnncore']:,.0f} | {ratio:.2f}x | "
-               f"{per_round:.2f}x | {round_ratios.min():.2f}–{round_ratios.max():.2f} | "
-               f"{'—' if target is None else f'≥{target:g}x'} | {met} |")
-        if torch:
-            row += f" {best['torch']:,.0f} | {best['rnncore'] / best['torch']:.2f}x |"
-        rows.append(row)
-        print(f"  measured H={H} T={T} B={B} {dtype}", file=sys.stderr, flush=True)
-    print(head)
-    print(rule)
-    print("\n".join(rows))
+        if cell == "rnn":
+            row = (f"| {H} | {T} | {B} | {dtype} | {best['seed']:,.0f} | {best['rnncore']:,.0f} | "
+                   + ratio_cells(speeds["rnncore"], speeds["seed"], target))
+            if tpy:
+                row += f" {best['torch']:,.0f} | {best['rnncore'] / best['torch']:.2f}x |"
+            seed_rows.append(row)
+        else:
+            torch_rows.append(f"| {cell} | {H} | {T} | {B} | {dtype} | {best['torch']:,.0f} | {best['rnncore']:,.0f} | "
+                              + ratio_cells(speeds["rnncore"], speeds["torch"], target))
+        print(f"  measured {cell} H={H} T={T} B={B} {dtype}", file=sys.stderr, flush=True)
+    if seed_rows:
+        head = "| H | T | B | dtype | seed chars/s | rnncore chars/s | rnncore/seed | per round | spread | target | met |"
+        rule = "|---:|---:|---:|:---|---:|---:|---:|---:|:---:|---:|:---:|"
+        if tpy:
+            head += " torch chars/s | rnncore/torch |"
+            rule += "---:|---:|"
+        print("\n".join([head, rule] + seed_rows))
+    if torch_rows:
+        print("\n" if seed_rows else "", end="")
+        print("| cell | H | T | B | dtype | torch chars/s | rnncore chars/s | rnncore/torch | per round | spread | target | met |")
+        print("|:---|---:|---:|---:|:---|---:|---:|---:|---:|:---:|---:|:---:|")
+        print("\n".join(torch_rows))
     return 0
 
 
