@@ -69,9 +69,11 @@ class GatedLayer:
         # per-step views, built once: the time loops index lists instead of slicing arrays
         self.a_t = [self.acts[..., t, :, :] for t in range(T)]  # (G, *lead, B, H)
         self.gates_t = [tuple(a[k] for k in range(G)) for a in self.a_t]
+        self.a01_t = [a[0:2] for a in self.a_t]  # blocks 0 and 1 (σ in both cells): one call for the two
+        self.da01 = self.da[0:2]
         self.dx_t = [self.dxr[..., t, :, :, :] for t in range(T)]  # (*lead, B, G, H)
         self.dxflat_t = [d.reshape(*lead, B, G * H) for d in self.dx_t]
-        self.da_rows = xp.moveaxis(self.da, 0, -2)  # (*lead, B, G, H) view of da, for the copy into dxr
+        self.da_rows = xp.moveaxis(self.da, 0, -2)  # (*lead, B, G, H) view of da, copied into dxr at each step
         self.hs_t, self.dh_t = list(self.hs), list(self.dh)
 
     def _blocks_T(self, W, out) -> None:
@@ -108,10 +110,6 @@ class GatedLayer:
     def recurrent_weights(self, W) -> None:
         """Once per window: the contiguous, σ-halved copy of Whh^T that every step's GEMM reads."""
         self._blocks_T(W.Whh, self.WT)
-
-    def rows_out(self, t: int) -> None:
-        """Step t's gate-major da into its row block of dxr, where the GEMMs read it."""
-        self.dx_t[t][...] = self.da_rows
 
     def finish_backward(self):
         """After the loop: the trial-major copy of h_{t-1} for packed models; returns da as rows."""

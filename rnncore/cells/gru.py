@@ -53,59 +53,59 @@ class Layer(GatedLayer):
 
     def forward(self, W, state) -> None:
         """The recurrence from state = (h_{-1},): fills hs, the gates and ahn."""
-        xp, mm, WT, rec = self.xp, self.xp.matmul, self.WT, self.rec
+        xp, WT, rec = self.xp, self.WT, self.rec
+        mm, mul, add, sub, tanh = xp.matmul, xp.multiply, xp.add, xp.subtract, xp.tanh  # outputs by position
         self.recurrent_weights(W)
         bhn = W.bhn.swapaxes(-1, -2)  # (*lead, 1, H)
         self.hs[0] = state[0]
-        hs = self.hs_t
+        hs, rec01, rec_n = self.hs_t, rec[0:2], rec[2]
         for t in range(self.T):
-            a, (r, z, n), h_prev, h, ahn = self.a_t[t], self.gates_t[t], hs[t], hs[t + 1], self.ahn_t[t]
+            rz, (r, z, n), h_prev, h, ahn = self.a01_t[t], self.gates_t[t], hs[t], hs[t + 1], self.ahn_t[t]
             mm(h_prev, WT, out=rec)  # h_{t-1} Whh^T, its σ blocks halved like a's
-            rz = a[0:2]
-            rz += rec[0:2]
-            xp.tanh(rz, out=rz)
-            rz *= 0.5
-            rz += 0.5  # r, z = (1 + tanh(a/2)) / 2
-            xp.add(rec[2], bhn, out=ahn)
-            xp.multiply(r, ahn, out=h)  # h as scratch
-            n += h
-            xp.tanh(n, out=n)
-            xp.subtract(h_prev, n, out=h)  # h_t = n + z (h_{t-1} - n)
-            h *= z
-            h += n
+            add(rz, rec01, rz)
+            tanh(rz, rz)
+            mul(rz, 0.5, rz)
+            add(rz, 0.5, rz)  # r, z = (1 + tanh(a/2)) / 2
+            add(rec_n, bhn, ahn)
+            mul(r, ahn, h)  # h as scratch
+            add(n, h, n)
+            tanh(n, n)
+            sub(h_prev, n, h)  # h_t = n + z (h_{t-1} - n)
+            mul(h, z, h)
+            add(h, n, h)
 
     def final(self) -> tuple:
         return (self.hs[-1],)
 
     def backward(self, W):
         """Through time from dh; returns dax as ([K,] T*B, 3H) rows (dah is kept for grad_Whh)."""
-        xp, mm, mul, add, sub = self.xp, self.mm, self.xp.multiply, self.xp.add, self.xp.subtract
+        mm, mul, add, sub, copyto = self.mm, self.xp.multiply, self.xp.add, self.xp.subtract, self.xp.copyto
         Whh, dh_t, hs = W.Whh, self.dh_t, self.hs_t
         dhn, d, d2 = self.rec[0], self.d, self.d2  # rec is free after forward
         dr, dz, dn = self.da
+        da01, da_rows = self.da01, self.da_rows
         dhn.fill(0)
         for t in range(self.T - 1, -1, -1):
-            a, (r, z, n), h_prev = self.a_t[t], self.gates_t[t], hs[t]
-            dh = add(dh_t[t], dhn, out=dhn)
-            sub(h_prev, n, out=d)
-            mul(dh, d, out=dz)  # dz = dh (h_{t-1} - n)
-            sub(1, z, out=d)
-            mul(dh, d, out=dn)  # dn = dh (1 - z)
-            mul(n, n, out=d)
-            sub(1, d, out=d)
-            mul(dn, d, out=dn)  # da_n = dn (1 - n²)
-            mul(dn, self.ahn_t[t], out=dr)  # dr = da_n (Whn h + bhn)
-            sub(1, a[0:2], out=d2)  # σ' = s(1-s) for r and z, one call on both blocks
-            mul(d2, a[0:2], out=d2)
-            mul(self.da[0:2], d2, out=self.da[0:2])  # da_r, da_z
-            self.rows_out(t)  # dax
-            dah = self.dhr_t[t]
-            dah[..., 0:2, :] = self.da_rows[..., 0:2, :]
-            mul(dn, r, out=dah[..., 2, :])  # dah_n = da_n r
+            rz, (r, z, n), h_prev, dah = self.a01_t[t], self.gates_t[t], hs[t], self.dhr_t[t]
+            dh = add(dh_t[t], dhn, dhn)
+            sub(h_prev, n, d)
+            mul(dh, d, dz)  # dz = dh (h_{t-1} - n)
+            sub(1, z, d)
+            mul(dh, d, dn)  # dn = dh (1 - z)
+            mul(n, n, d)
+            sub(1, d, d)
+            mul(dn, d, dn)  # da_n = dn (1 - n²)
+            mul(dn, self.ahn_t[t], dr)  # dr = da_n (Whn h + bhn)
+            sub(1, rz, d2)  # σ' = s(1-s) for r and z, one call on both blocks
+            mul(d2, rz, d2)
+            mul(da01, d2, da01)  # da_r, da_z
+            copyto(self.dx_t[t], da_rows)  # dax, into step t's row block
+            copyto(dah[..., 0:2, :], da_rows[..., 0:2, :])  # dah = [da_r, da_z, da_n r]
+            mul(dn, r, dah[..., 2, :])
             if t:
-                mul(dh, z, out=d)  # the direct path z h_{t-1}
+                mul(dh, z, d)  # the direct path z h_{t-1}
                 mm(self.dhflat_t[t], Whh, out=dhn)
-                dhn += d
+                add(dhn, d, dhn)
         return self.finish_backward()
 
     def grad_Whh(self, dW) -> None:

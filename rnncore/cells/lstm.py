@@ -49,27 +49,26 @@ class Layer(GatedLayer):
 
     def forward(self, W, state) -> None:
         """The recurrence from state = (h_{-1}, c_{-1}): fills hs, cs and the gates."""
-        xp, mm, WT, rec, tmp = self.xp, self.xp.matmul, self.WT, self.rec, self.tmp
-        mul, tanh = xp.multiply, xp.tanh
+        xp, WT, rec, tmp = self.xp, self.WT, self.rec, self.tmp
+        mm, mul, add, tanh = xp.matmul, xp.multiply, xp.add, xp.tanh  # outputs by position: cheaper than out=
         self.recurrent_weights(W)
         self.hs[0], self.cs[0] = state
         hs, cs, tc = self.hs_t, self.cs_t, self.tc_t
         for t in range(self.T):
-            a, (i, f, g, o) = self.a_t[t], self.gates_t[t]
+            a, i_f, (i, f, g, o) = self.a_t[t], self.a01_t[t], self.gates_t[t]
             mm(hs[t], WT, out=rec)  # h_{t-1} Whh^T, its σ blocks halved like a's
-            a += rec
-            tanh(a, out=a)  # g = tanh(a_g); i, f, o are tanh(a/2) so far
-            ifg = a[0:2]
-            ifg *= 0.5
-            ifg += 0.5  # i, f = (1 + tanh(a/2)) / 2
-            o *= 0.5
-            o += 0.5
+            add(a, rec, a)
+            tanh(a, a)  # g = tanh(a_g); i, f, o are tanh(a/2) so far
+            mul(i_f, 0.5, i_f)
+            add(i_f, 0.5, i_f)  # i, f = (1 + tanh(a/2)) / 2
+            mul(o, 0.5, o)
+            add(o, 0.5, o)
             c = cs[t + 1]
-            mul(f, cs[t], out=c)  # c_t = f c_{t-1} + i g
-            mul(i, g, out=tmp)
-            c += tmp
-            tanh(c, out=tc[t])
-            mul(o, tc[t], out=hs[t + 1])  # h_t = o tanh(c_t)
+            mul(f, cs[t], c)  # c_t = f c_{t-1} + i g
+            mul(i, g, tmp)
+            add(c, tmp, c)
+            tanh(c, tc[t])
+            mul(o, tc[t], hs[t + 1])  # h_t = o tanh(c_t)
 
     def final(self) -> tuple:
         return (self.hs[-1], self.cs[-1])
@@ -77,36 +76,37 @@ class Layer(GatedLayer):
     def backward(self, W):
         """Through time from dh (filled by the model); returns da as ([K,] T*B, 4H) rows."""
         xp, mm = self.xp, self.mm
-        mul, add, sub = xp.multiply, xp.add, xp.subtract
+        mul, add, sub, copyto = xp.multiply, xp.add, xp.subtract, xp.copyto
         Whh, dh_t, cs, tc_t = W.Whh, self.dh_t, self.cs_t, self.tc_t
         dhn, dc, dcn, d, d2 = self.rec[0], self.dc, self.dcn, self.d, self.d2  # rec is free after forward
         di, df, dg, do = self.da
+        da01, da_rows = self.da01, self.da_rows
         dhn.fill(0)
         dcn.fill(0)
         for t in range(self.T - 1, -1, -1):
-            a, (i, f, g, o), tc = self.a_t[t], self.gates_t[t], tc_t[t]
-            dh = add(dh_t[t], dhn, out=dhn)  # dh_t + Whh^T da_{t+1}
-            mul(dh, tc, out=do)  # do = dh tanh(c)
-            mul(dh, o, out=dc)  # dc = dh o (1 - tanh²c) + dc'
-            mul(tc, tc, out=d)
-            sub(1, d, out=d)
-            mul(dc, d, out=dc)
-            add(dc, dcn, out=dc)
-            mul(dc, g, out=di)
-            mul(dc, cs[t], out=df)
-            mul(dc, i, out=dg)
-            mul(dc, f, out=dcn)  # dc' for step t-1
+            i_f, (i, f, g, o), tc = self.a01_t[t], self.gates_t[t], tc_t[t]
+            dh = add(dh_t[t], dhn, dhn)  # dh_t + Whh^T da_{t+1}
+            mul(dh, tc, do)  # do = dh tanh(c)
+            mul(dh, o, dc)  # dc = dh o (1 - tanh²c) + dc'
+            mul(tc, tc, d)
+            sub(1, d, d)
+            mul(dc, d, dc)
+            add(dc, dcn, dc)
+            mul(dc, g, di)
+            mul(dc, cs[t], df)
+            mul(dc, i, dg)
+            mul(dc, f, dcn)  # dc' for step t-1
             # through the nonlinearities: σ' = s(1-s) for i, f (one call on both blocks) and o; tanh' = 1 - g²
-            sub(1, a[0:2], out=d2)
-            mul(d2, a[0:2], out=d2)
-            mul(self.da[0:2], d2, out=self.da[0:2])
-            sub(1, o, out=d)
-            mul(d, o, out=d)
-            mul(do, d, out=do)
-            mul(g, g, out=d)
-            sub(1, d, out=d)
-            mul(dg, d, out=dg)
-            self.rows_out(t)
+            sub(1, i_f, d2)
+            mul(d2, i_f, d2)
+            mul(da01, d2, da01)
+            sub(1, o, d)
+            mul(d, o, d)
+            mul(do, d, do)
+            mul(g, g, d)
+            sub(1, d, d)
+            mul(dg, d, dg)
+            copyto(self.dx_t[t], da_rows)  # into step t's row block, where the GEMMs read it
             if t:
                 mm(self.dxflat_t[t], Whh, out=dhn)  # Whh^T da_t, for step t-1
         return self.finish_backward()
