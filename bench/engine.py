@@ -304,7 +304,8 @@ def main(argv=None) -> int:
         workers = []
         try:
             for kind in kinds:
-                workers.append(Worker(tpy if kind == "torch" else sys.executable, kind, args.data, cell, H, T, B, dtype))
+                python = tpy if kind == "torch" else sys.executable
+                workers.append(Worker(python, kind, args.data, cell, H, T, B, dtype))
             speeds = measure(workers, args.rounds, args.seconds)
         finally:
             for w in workers:
@@ -321,7 +322,8 @@ def main(argv=None) -> int:
                               + ratio_cells(speeds["rnncore"], speeds["torch"], target))
         print(f"  measured {cell} H={H} T={T} B={B} {dtype}", file=sys.stderr, flush=True)
     if seed_rows:
-        head = "| H | T | B | dtype | seed chars/s | rnncore chars/s | rnncore/seed | per round | spread | target | met |"
+        head = ("| H | T | B | dtype | seed chars/s | rnncore chars/s | rnncore/seed | per round | spread | target "
+                "| met |")
         rule = "|---:|---:|---:|:---|---:|---:|---:|---:|:---:|---:|:---:|"
         if tpy:
             head += " torch chars/s | rnncore/torch |"
@@ -329,7 +331,8 @@ def main(argv=None) -> int:
         print("\n".join([head, rule] + seed_rows))
     if torch_rows:
         print("\n" if seed_rows else "", end="")
-        print("| cell | H | T | B | dtype | torch chars/s | rnncore chars/s | rnncore/torch | per round | spread | target | met |")
+        print("| cell | H | T | B | dtype | torch chars/s | rnncore chars/s | rnncore/torch | per round | spread "
+              "| target | met |")
         print("|:---|---:|---:|---:|:---|---:|---:|---:|---:|:---:|---:|:---:|")
         print("\n".join(torch_rows))
     return 0

@@ -1,11 +1,15 @@
-"""Packed trials: chars/s of rnncore on a GPU (one trial, and K trials packed into one computation) next to
-PyTorch's cuDNN nn.RNN training one trial, measured side by side in one run; and on CPU, K = 8 packed
-trials against the same 8 trials one after another.
+"""Packed trials on a GPU: chars/s of rnncore (one trial, and K trials packed) next to PyTorch's cuDNN.
+
+rnncore trains one trial, and K trials packed into one computation; PyTorch's cuDNN nn.RNN / nn.LSTM trains one
+trial; all measured side by side in one run. On CPU, K = 8 packed trials against the same 8 trials one after
+another.
 
     python bench/gpu.py            # GPU tables (needs CuPy; the PyTorch column needs torch) + CPU table
+    python bench/gpu.py --lstm     # the GPU LSTM table only
     python bench/gpu.py --cpu      # the CPU table only
 
 Targets (H100): packed K=64, B=256, H=100 >= 50 M chars/s and >= 10x cuDNN one trial at B=256.
+LSTM, H=256, B=128, T=50: packed K=32 >= 5x the aggregate chars/s of cuDNN nn.LSTM training one trial.
 CPU: packed K=8 must never lose to 8 trials one after another.
 """
 from __future__ import annotations
@@ -30,6 +34,7 @@ from rnncore import TrainConfig, Trainer, load_corpus  # noqa: E402
 from rnncore.trainer import PackedTrainer  # noqa: E402
 
 T = 25
+LSTM = dict(H=256, B=128, T=50, K=32)  # the LSTM row: K packed trials against one cuDNN trial at the same B
 
 
 def _sync():
@@ -56,36 +61,43 @@ def rate(step, chars_per_step: int, seconds: float, warmup: int = 3) -> float:
     return n * chars_per_step / (time.perf_counter() - t0)
 
 
-def cfgs(K: int, H: int, B: int, device: str, dtype: str = "float32") -> list[TrainConfig]:
-    return [TrainConfig(hidden_size=H, seq_length=T, batch_size=B, dtype=dtype, device=device,
+def cfgs(K: int, H: int, B: int, device: str, dtype: str = "float32", cell: str = "rnn",
+         seq_length: int = T) -> list[TrainConfig]:
+    return [TrainConfig(cell=cell, hidden_size=H, seq_length=seq_length, batch_size=B, dtype=dtype, device=device,
                         learning_rate=0.01 * (1 + k % 7), seed=k) for k in range(K)]
 
 
-def torch_rate(corpus, H: int, B: int, seconds: float) -> float | None:
-    """PyTorch cuDNN nn.RNN (tanh), one trial: one-hot input, Linear output, cross-entropy, Adagrad, clipping."""
+def torch_rate(corpus, H: int, B: int, seconds: float, cell: str = "rnn", seq_length: int = T) -> float | None:
+    """PyTorch cuDNN nn.RNN (tanh) or nn.LSTM, one trial: one-hot input, Linear output, cross-entropy, Adagrad,
+    clipping; the hidden state (an LSTM's h and c) carried and detached."""
     try:
         import torch
     except ImportError:
         return None
     if not torch.cuda.is_available():
         return None
-    dev, V = torch.device("cuda"), corpus.vocab.size
+    dev, V, T_ = torch.device("cuda"), corpus.vocab.size, seq_length
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    rnn = torch.nn.RNN(V, H, nonlinearity="tanh").to(dev)
+    rnn = (torch.nn.LSTM(V, H) if cell == "lstm" else torch.nn.RNN(V, H, nonlinearity="tanh")).to(dev)
     out = torch.nn.Linear(H, V).to(dev)
     params = list(rnn.parameters()) + list(out.parameters())
     opt = torch.optim.Adagrad(params, lr=0.01)
     data = torch.as_tensor(corpus.train.astype(np.int64), device=dev)
     L = len(corpus.train) // B
     starts = torch.arange(B, device=dev) * L
-    offs = torch.arange(T + 1, device=dev)[:, None]
-    state = {"p": 0, "h": torch.zeros(1, B, H, device=dev)}
+    offs = torch.arange(T_ + 1, device=dev)[:, None]
+
+    def zero_state():
+        h = torch.zeros(1, B, H, device=dev)
+        return (h, torch.zeros_like(h)) if cell == "lstm" else h
+
+    state = {"p": 0, "h": zero_state()}
 
     def step():
-        if state["p"] + T + 1 >= L:
-            state["p"], state["h"] = 0, torch.zeros(1, B, H, device=dev)
+        if state["p"] + T_ + 1 >= L:
+            state["p"], state["h"] = 0, zero_state()
         xy = data[starts[None, :] + offs + state["p"]]  # (T+1, B)
         x = torch.nn.functional.one_hot(xy[:-1], V).float()
         y, h = rnn(x, state["h"])
@@ -95,9 +107,10 @@ def torch_rate(corpus, H: int, B: int, seconds: float) -> float | None:
         for p in params:
             p.grad.clamp_(-5, 5)
         opt.step()
-        state["h"], state["p"] = h.detach(), state["p"] + T
+        state["h"] = tuple(a.detach() for a in h) if cell == "lstm" else h.detach()
+        state["p"] += T_
 
-    r = rate(step, T * B, seconds)
+    r = rate(step, T_ * B, seconds)
     torch.cuda.synchronize()
     return r
 
@@ -135,6 +148,32 @@ def gpu_tables(corpus, seconds: float) -> None:
                   f"{packed / cudnn:.1f}x cuDNN one trial at B=256 (target >= 10x)")
 
 
+def lstm_table(corpus, seconds: float) -> None:
+    """LSTM, H = 256, B = 128, T = 50: rnncore one trial, cuDNN nn.LSTM one trial, rnncore K = 32 packed."""
+    import cupy
+
+    H, B, T_, K = LSTM["H"], LSTM["B"], LSTM["T"], LSTM["K"]
+    print(f"\n### LSTM, H = {H}, T = {T_}, float32\n\n| engine | trials K | batch/trial | chars/s (all trials) |\n"
+          "| --- | ---: | ---: | ---: |")
+    tr = Trainer(cfgs(1, H, B, "gpu", cell="lstm", seq_length=T_)[0], corpus)
+    one = rate(tr.step, T_ * B, seconds)
+    del tr
+    cudnn = torch_rate(corpus, H, B, seconds, cell="lstm", seq_length=T_)
+    try:
+        pt = PackedTrainer(cfgs(K, H, B, "gpu", cell="lstm", seq_length=T_), corpus)
+        packed = rate(pt.step, K * T_ * B, seconds)
+        del pt
+    except cupy.cuda.memory.OutOfMemoryError:
+        packed = math.nan
+    cupy.get_default_memory_pool().free_all_blocks()
+    print(f"| rnncore, one trial | 1 | {B} | {one:,.0f} |")
+    print(f"| PyTorch cuDNN nn.LSTM, one trial | 1 | {B} | {math.nan if cudnn is None else cudnn:,.0f} |")
+    print(f"| rnncore packed | {K} | {B} | {packed:,.0f} |")
+    if cudnn:
+        print(f"\npacked LSTM K={K} B={B}: {packed / 1e6:.2f} M chars/s; {packed / cudnn:.1f}x cuDNN nn.LSTM "
+              f"one trial at B={B} (target >= 5x)")
+
+
 def cpu_table(corpus, seconds: float) -> None:
     print(f"\n### CPU, one thread, H = 100, T = {T}, float32: 8 trials packed vs one after another\n")
     print("| batch/trial | 8 trials one after another, chars/s | packed K = 8, chars/s | packed / sequential |")
@@ -156,13 +195,21 @@ def cpu_table(corpus, seconds: float) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cpu", action="store_true", help="the CPU table only")
+    p.add_argument("--lstm", action="store_true", help="the GPU LSTM table only")
     p.add_argument("--seconds", type=float, default=2.0, help="timed seconds per configuration")
     args = p.parse_args()
     corpus = load_corpus(ROOT / "data/tinyshakespeare.txt", 0.1)
+    if args.lstm:
+        import cupy
+
+        print(f"- GPU: {cupy.cuda.runtime.getDeviceProperties(0)['name'].decode()}; CuPy {cupy.__version__}; float32")
+        lstm_table(corpus, args.seconds)
+        return
     if not args.cpu:
         gpu_tables(corpus, args.seconds)
+        lstm_table(corpus, args.seconds)
     cpu_table(corpus, args.seconds)
 
 
