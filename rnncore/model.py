@@ -200,8 +200,8 @@ class Workspace:
         self.onehot = xp.zeros((T * B, V), dtype) if xp is not np and V <= 1024 else None
         self.vocab_ids = xp.arange(V)
         self.by_char = xp is np and c.G > 1
-        self.scratch = xp.zeros((*lead, T * B, c.G * H), dtype) if self.by_char else None
         self.char_sums = xp.zeros((*lead, V, c.G * H), dtype) if self.by_char else None
+        self.char_rows = None  # one character's rows of dx, grown to the most positions one character has had
 
     def out(self, l: int, masks):
         """Layer l's output over the window, (T, [K,] B, H): h, or h * mask under dropout."""
@@ -345,10 +345,11 @@ def _flush_negligible(z, floor: float) -> None:
     of 1e-32 and an LSTM has units near 1e-11 (an output gate shut), so those products fall below float32's
     smallest normal number, and this CPU computes such subnormal numbers some 30x slower: the (V, TB) @ (TB, H)
     product took 30 ms instead of 1.1 (LSTM, H = 256, B = 64, T = 50, Adagrad at 0.1, where 130 of 256 units
-    shut and 3 of 65 characters sit at 1e-32). What it changes: a probability under 2^-63 next to one of at
-    least 1/V, so dWhy and dby gain or lose terms that Adagrad turns into steps below 1e-13, under float32's
-    resolution of any weight; the loss is computed from the logits and does not change.
-    One reduction when nothing is that small (the seed's cell, early training), one masked write when something is.
+    shut and 3 of 65 characters sit at 1e-32). What it changes: dWhy and dby lose terms of at most 2^-63 per
+    position, next to probabilities of at least 1/V; every optimizer's eps keeps the step such terms could make
+    below 1e-10 x learning_rate, under float32's resolution of a weight. The loss is computed from the logits
+    and does not change. The cost: one reduction when nothing is that small (the seed's cell, early training),
+    one masked write when something is.
     """
     if np.minimum.reduce(z, axis=None) < floor:
         np.copyto(z, -np.inf, where=z < floor)
@@ -357,20 +358,22 @@ def _flush_negligible(z, floor: float) -> None:
 def _sum_by_char(ws: Workspace, X, dx, dWxh) -> None:
     """dWxh[:, v] = sum of dx's rows at the positions that read v: the rows gathered character by character into
     a block that stays in cache, each block summed in one reduction. Per character the rows are added in
-    position order, as add.at adds them. (H = 256 LSTM, B = 64, T = 50: ~4 ms against add.at's 16 ms.)"""
+    position order, as add.at adds them. (H = 256 LSTM, B = 64, T = 50: 2-3 ms against add.at's 16 ms.)"""
     x = X.reshape(-1)
     order = np.argsort(x, kind="stable")
-    ends = np.cumsum(np.bincount(x, minlength=ws.V))
-    sums, scratch = ws.char_sums, ws.scratch
-    start = 0
-    for v, end in enumerate(ends.tolist()):
-        if end == start:
+    counts = np.bincount(x, minlength=ws.V)
+    most = int(counts.max())
+    if ws.char_rows is None or ws.char_rows.shape[-2] < most:
+        ws.char_rows = np.zeros(dx.shape[:-2] + (most, dx.shape[-1]), dx.dtype)
+    sums, start = ws.char_sums, 0
+    for v, n in enumerate(counts.tolist()):
+        if n == 0:
             sums[..., v, :] = 0
             continue
-        block = scratch[..., : end - start, :]
-        np.take(dx, order[start:end], axis=-2, out=block, mode="clip")
-        np.add.reduce(block, axis=-2, out=sums[..., v, :])
-        start = end
+        rows = ws.char_rows[..., :n, :]
+        np.take(dx, order[start:start + n], axis=-2, out=rows, mode="clip")
+        np.add.reduce(rows, axis=-2, out=sums[..., v, :])
+        start += n
     dWxh[...] = sums.swapaxes(-1, -2)
 
 
