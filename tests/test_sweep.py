@@ -409,6 +409,29 @@ def test_a_diverging_trial_is_recorded_and_the_sweep_goes_on(tmp_path: Path, run
     assert all(r.info.status != "RUNNING" for r in m.runs)
 
 
+# ------------------------------------------------------------------------------------------ time budget
+
+
+@pytest.mark.slow
+def test_a_time_budget_bounds_the_whole_sweep_not_only_tunes_part(tmp_path: Path, run_module, corpus_text,
+                                                                   proc_text) -> None:
+    """time_budget_s counts from the command's start: start-up, training and the finish (tables, MLflow, the
+    report) all fit in it. The trials here would need minutes; the budget cuts them and the sweep ends."""
+    import time
+
+    budget = 25
+    sweep = {**FIFO, "name": "budget", "num_samples": 4, "time_budget_s": budget,
+             "train": {**FIFO["train"], "hidden_size": 64, "iterations": 100_000, "eval_every": 100}}
+    t0 = time.monotonic()
+    run = run_sweep(run_module, tmp_path, sweep, corpus_text(CORPUS_CHARS))
+    wall = time.monotonic() - t0
+    assert run.proc.returncode == 0, proc_text(run.proc)
+    assert wall < budget, f"the sweep took {wall:.1f} s with time_budget_s: {budget}"
+    t = run.trials()
+    assert len(t) >= 1 and (t["iterations"] < 100_000).all()
+    assert t["val_loss"].notna().any()  # the cut trials reported before the end
+
+
 # ------------------------------------------------------------------------------------------- dry run
 
 
