@@ -310,12 +310,12 @@ def test_contract_file_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cfg.name == "basic" and cfg.num_samples == 3 and cfg.num_trials == 6
     assert cfg.data.path == REPO / "data" / "tinyshakespeare.txt" and cfg.data.val_fraction == 0.1
     assert cfg.fixed == {"hidden_size": 128, "optimizer": "adam", "lr_schedule": "cosine", "init_scale": 0.08,
-                         "batch_size": 32, "dtype": "float32", "iterations": 600, "eval_every": 150,
-                         "sample_every": 600, "sample_length": 200, "eval_streams": 128}
+                         "batch_size": 32, "dtype": "float32", "iterations": 1200, "eval_every": 300,
+                         "sample_every": 1200, "sample_length": 200, "eval_streams": 128}
     assert cfg.searched == {"cell": Domain("grid_search", ("gru", "lstm")),
                             "seq_length": Domain("choice", (32, 64)),
                             "learning_rate": Domain("loguniform", (0.003, 0.01))}
-    assert cfg.scheduler == AshaScheduler(type="asha", grace_period=150, reduction_factor=3, max_t=600)
+    assert cfg.scheduler == AshaScheduler(type="asha", grace_period=300, reduction_factor=3, max_t=1200)
     assert (cfg.metric, cfg.mode, cfg.seed, cfg.max_concurrent_trials) == ("val_loss", "min", 0, 2)
     assert (cfg.resources.cpu, cfg.resources.gpu) == (1, 0)
     assert cfg.mlflow.experiment == "basic" and cfg.mlflow.tracking_uri is None
@@ -331,7 +331,7 @@ def test_contract_plan_text(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "6 trials" in plan
     for line in ("cell           grid_search over ['gru', 'lstm']", "seq_length     choice of [32, 64]",
                  "learning_rate  loguniform in [0.003, 0.01]", "batch_size     32",
-                 "ASHA: grace_period 150", f"output:     {REPO / 'results' / 'basic'}", "experiment 'basic'"):
+                 "ASHA: grace_period 300", f"output:     {REPO / 'results' / 'basic'}", "experiment 'basic'"):
         assert line in plan, f"{line!r} not in:\n{plan}"
 
 
@@ -339,7 +339,7 @@ def test_contract_base_values_keep_defaults_for_searched(monkeypatch: pytest.Mon
     monkeypatch.chdir(REPO)
     base = load_sweep("sweeps/basic.yaml").base_values()
     assert base == TrainConfig(hidden_size=128, optimizer="adam", lr_schedule="cosine", init_scale=0.08,
-                               batch_size=32, dtype="float32", iterations=600, eval_every=150, sample_every=600,
+                               batch_size=32, dtype="float32", iterations=1200, eval_every=300, sample_every=1200,
                                eval_streams=128).to_dict()
     assert base["cell"] == TrainConfig.cell and base["seq_length"] == TrainConfig.seq_length  # searched: defaults
 
