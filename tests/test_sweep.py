@@ -435,14 +435,22 @@ def test_a_time_budget_bounds_the_whole_sweep_not_only_tunes_part(tmp_path: Path
 # ------------------------------------------------------------------------------------------- dry run
 
 
-def test_dry_run_prints_the_plan_and_creates_nothing(tmp_path: Path, run_module, cli_env, fresh_ray_tmpdir,
-                                                     corpus_text, snapshot, proc_text) -> None:
-    sweep_file = write_sweep(tmp_path, E2E, corpus_text(CORPUS_CHARS))
+def dry_run(tmp_path: Path, sweep: dict[str, Any], run_module, cli_env, fresh_ray_tmpdir, corpus_text, snapshot,
+            proc_text) -> str:
+    """`--dry-run` on `sweep`: its output, after checking it exited 0 and created nothing (no mlflow.db, no
+    mlruns, no output folder, and no Ray: it would have made <RAY_TMPDIR>/ray)."""
+    sweep_file = write_sweep(tmp_path, sweep, corpus_text(CORPUS_CHARS))
     before = snapshot(tmp_path)
     proc = run_module("pipeline.sweep", sweep_file.name, "--dry-run", cwd=tmp_path,
                       env=cli_env(ray_tmp=fresh_ray_tmpdir))
     assert proc.returncode == 0, proc_text(proc)
-    out = proc.stdout
+    assert snapshot(tmp_path) == before and list(fresh_ray_tmpdir.iterdir()) == []
+    return proc.stdout
+
+
+def test_dry_run_prints_the_plan_and_creates_nothing(tmp_path: Path, run_module, cli_env, fresh_ray_tmpdir,
+                                                     corpus_text, snapshot, proc_text) -> None:
+    out = dry_run(tmp_path, E2E, run_module, cli_env, fresh_ray_tmpdir, corpus_text, snapshot, proc_text)
     assert "4 trials" in out
     searched = out[out.index("searched:"):out.index("fixed:")]
     fixed = out[out.index("fixed:"):]
@@ -451,8 +459,6 @@ def test_dry_run_prints_the_plan_and_creates_nothing(tmp_path: Path, run_module,
     for key in ("seq_length", "batch_size", "dtype", "iterations", "eval_every", "sample_every", "sample_length"):
         assert re.search(rf"^\s+{key}\s", fixed, re.M), key
     assert "asha" in out.lower()
-    assert snapshot(tmp_path) == before  # no mlflow.db, no mlruns, no output folder
-    assert list(fresh_ray_tmpdir.iterdir()) == []  # Ray never started (it would have made <RAY_TMPDIR>/ray)
 
 
 # the model-family options, set to values that are not the defaults
@@ -464,17 +470,11 @@ FAMILY_SWEEP: dict[str, Any] = {**FIFO, "train": {**FIFO["train"], "cell": {"cho
 def test_dry_run_lists_a_searched_cell_and_the_model_family_options(tmp_path: Path, run_module, cli_env,
                                                                     fresh_ray_tmpdir, corpus_text, snapshot,
                                                                     proc_text) -> None:
-    sweep_file = write_sweep(tmp_path, FAMILY_SWEEP, corpus_text(CORPUS_CHARS))
-    before = snapshot(tmp_path)
-    proc = run_module("pipeline.sweep", sweep_file.name, "--dry-run", cwd=tmp_path,
-                      env=cli_env(ray_tmp=fresh_ray_tmpdir))
-    assert proc.returncode == 0, proc_text(proc)
-    out = proc.stdout
+    out = dry_run(tmp_path, FAMILY_SWEEP, run_module, cli_env, fresh_ray_tmpdir, corpus_text, snapshot, proc_text)
     searched, fixed = out[out.index("searched:"):out.index("fixed:")], out[out.index("fixed:"):]
     assert re.search(r"^\s+cell\s+choice of \['rnn', 'lstm'\]", searched, re.M), out
     for key, value in FAMILY.items():
         assert re.search(rf"^\s+{key}\s+{re.escape(repr(value))}$", fixed, re.M), (key, out)
-    assert snapshot(tmp_path) == before and list(fresh_ray_tmpdir.iterdir()) == []
 
 
 def test_model_family_options_reach_the_run_name_the_mlflow_params_and_the_columns(tmp_path: Path,
