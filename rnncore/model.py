@@ -181,6 +181,8 @@ class Workspace:
         self.drop = [None] * layers  # h * mask per layer, allocated when dropout is first used
         if K is None:  # one model: (TB, H) views of the time-major buffers are free
             self.mm = np.ndarray.dot if xp is np else xp.dot
+            self.h_rows = [layer.hs[1:].reshape(T * B, H) for layer in self.layers]  # each layer's output
+            self.dh_rows = [layer.dh.reshape(T * B, H) for layer in self.layers]  # and the gradient into it
         else:  # packed: trial-major copies for the batched products
             self.kofs = (xp.arange(K) * c.G * H * V)[:, None, None]  # where each trial's Wxh starts
             self.mm = xp.matmul
@@ -214,6 +216,8 @@ class Workspace:
 
     def out_rows(self, l: int, masks):
         """Layer l's output as ([K,] TB, H) rows for a GEMM."""
+        if masks is None and self.K is None:
+            return self.h_rows[l]
         o = self.out(l, masks)
         if self.K is None:
             return o.reshape(self.T * self.B, self.H)
@@ -230,7 +234,7 @@ class Workspace:
     def final_into(self, h) -> None:
         """Write the window's final state into the carried state h (..., S*H)."""
         H, L = self.H, self.num_layers
-        if L == 1 and len(self.layers[0].final()) == 1:
+        if L == 1 and CELLS[self.cell].carries == 1:
             h[...] = self.layers[0].hs[-1]
             return
         for l, layer in enumerate(self.layers):
@@ -302,7 +306,7 @@ def loss_and_grads(P: Params, X, Y, h0, ws: Workspace, grad_scale: float = 1.0, 
     G = ws.grads
     mm(dy.swapaxes(-1, -2), hflat, out=G.Why)  # (V, H)
     ws.asum(dy, axis=-2, out=G.by[..., 0])
-    _rows_into(ws, L - 1, lambda out: mm(dy, P.Why, out=out), masks)  # gradient into the top layer's h
+    _rows_into(ws, L - 1, dy, P.Why, masks)  # gradient into the top layer's h
 
     # down the layers: each cell back through time, then its input-side gradients as GEMMs
     for l in range(L - 1, -1, -1):
@@ -312,7 +316,7 @@ def loss_and_grads(P: Params, X, Y, h0, ws: Workspace, grad_scale: float = 1.0, 
             ws.asum(dx, axis=-2, out=dW.bh[..., 0])
             layer.grad_Whh(dW)
             mm(dx.swapaxes(-1, -2), ws.out_rows(l - 1, masks), out=dW.Wxh)  # sum_t dx_t x_t^T
-            _rows_into(ws, l - 1, lambda out: mm(dx, W.Wxh, out=out), masks)
+            _rows_into(ws, l - 1, dx, W.Wxh, masks)
         else:
             _first_layer_grads(ws, X, dx, dW)
             layer.grad_Whh(dW)
@@ -377,13 +381,13 @@ def _sum_by_char(ws: Workspace, X, dx, dWxh) -> None:
     dWxh[...] = sums.swapaxes(-1, -2)
 
 
-def _rows_into(ws: Workspace, l: int, product, masks) -> None:
-    """Layer l's dh (its gradient from above) from a ([K,] TB, H) product, through layer l's dropout mask."""
+def _rows_into(ws: Workspace, l: int, a, b, masks) -> None:
+    """Layer l's dh (its gradient from above) = a @ b, ([K,] TB, H) rows, through layer l's dropout mask."""
     dh = ws.layers[l].dh
     if ws.K is None:
-        product(dh.reshape(ws.T * ws.B, ws.H))
+        ws.mm(a, b, out=ws.dh_rows[l])
     else:
-        product(ws.dxin)
+        ws.mm(a, b, out=ws.dxin)
         _time_major(dh, ws.dxin)
     if masks is not None:
         dh *= masks[l]
