@@ -6,7 +6,7 @@ nn.GRU are the baselines of the gated cells.
     .venv/bin/python bench/engine.py              # 8 interleaved rounds of 1.5 s per contender and setting
     .venv/bin/python bench/engine.py --quick      # a smoke run (short rounds)
     .venv/bin/python bench/engine.py --rows 1 2   # only the first two settings (1-based, table order)
-    .venv/bin/python bench/engine.py --rows 5 6 --torch-python /work/torchvenv/bin/python
+    .venv/bin/python bench/engine.py --rows 5 6 --torch-python ../torchvenv/bin/python
 
 One BLAS thread for everyone. The seed has no batch: it always runs at B=1 float64 with the row's H and T.
 Rounds alternate between contenders so background load hits them alike; each contender's best round counts.
@@ -18,9 +18,8 @@ speed depended on what the other contender had allocated before it (the heap's s
 
 PyTorch: its contenders run under the Python named by --torch-python (or the environment variable
 RNNSWEEP_TORCH_PYTHON), else under this script's own Python; the torch columns and rows appear when
-`import torch` works there. torch can live in a virtual environment of its own (a CPU build is ~200 MB):
-    python3 -m venv /work/torchvenv && /work/torchvenv/bin/pip install numpy torch \
-        --index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple
+`import torch` works there. torch can live in a virtual environment of its own, outside the checkout:
+    python3 -m venv ../torchvenv && ../torchvenv/bin/pip install numpy torch     # a CPU build of torch
 That Python imports rnncore from this checkout (numpy only) to read the same corpus. Each PyTorch contender
 trains the same windows of the same data as rnncore: B streams at equally spaced offsets, T characters a
 window, the hidden state carried and detached, one-hot input, a Linear output layer, cross-entropy, every
