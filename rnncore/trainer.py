@@ -120,6 +120,7 @@ class _Stepper:
         self.streams = self.train_ids[: B * self.L].reshape(B, self.L).T  # (L, B) view: stream b is column b
         self.xy = self.streams[: T + 1]  # (T+1, B) window at p: inputs [:-1], targets [1:]; a view, set by step
         self.grad_scale = 1.0 / B
+        self.flat_rate = cfg.lr_schedule == "constant" and cfg.warmup == 0  # the seed's: no schedule to compute
 
     def step(self):
         """One iteration; returns its loss in nats/char (the seed's loss / seq_length), (K,) when packed."""
@@ -129,7 +130,8 @@ class _Stepper:
             s.h.fill(0)  # wrap: start every stream over from a zero state
             s.p = 0
         self.xy = xy = self.streams[s.p: s.p + T + 1]
-        loss_sum = loss_and_grads(s.params, xy[:-1], xy[1:], s.h, ws, self.grad_scale, self._masks())
+        masks = self._masks() if self.dropout else None
+        loss_sum = loss_and_grads(s.params, xy[:-1], xy[1:], s.h, ws, self.grad_scale, masks)
         ws.final_into(s.h)
         loss = (loss_sum if self.K is None else to_numpy(loss_sum)) / (T * B)
         self._update(s)
@@ -139,7 +141,7 @@ class _Stepper:
 
     def _update(self, s: TrainState) -> None:
         cfg, g, xp = self.cfg, self.ws.grads.flat, self.xp
-        f = optim.lr_factor(cfg.lr_schedule, cfg.warmup, cfg.iterations, s.iteration)
+        f = 1.0 if self.flat_rate else optim.lr_factor(cfg.lr_schedule, cfg.warmup, cfg.iterations, s.iteration)
         lr = self.lr if f == 1.0 else self.lr * f
         if cfg.optimizer == "adagrad":
             optim.adagrad(s.params.flat, g, s.mem.flat, self.tmp, lr, self.clip, self.eps, xp)
@@ -174,6 +176,7 @@ class Trainer(_Stepper):
         dtype = np.dtype(cfg.dtype).type
         self.lr, self.clip, self.eps = dtype(-cfg.learning_rate), cfg.clip, cfg.adagrad_eps
         self.tmp = self.state.params.zeros_like().flat  # optimizer scratch, so the update allocates nothing
+        self.dropout = cfg.dropout > 0
         self.diverged = False
 
     def _masks(self):
@@ -259,6 +262,7 @@ class PackedTrainer(_Stepper):
         self.clip = self._per_member([c.clip for c in cfgs])
         self.eps = self._per_member([c.adagrad_eps for c in cfgs])
         self.tmp = self.state.params.zeros_like().flat
+        self.dropout = any(c.dropout > 0 for c in cfgs)
         self.active = np.ones(K, bool)
         self.diverged = np.zeros(K, bool)
         self.frozen: dict[int, TrainState] = {}  # final states of members no longer training
