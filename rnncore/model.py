@@ -23,6 +23,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from .cells import CELLS
+from .cells.rnn import trial_major
 
 
 def shapes(H: int, V: int, cell: str = "rnn", layers: int = 1) -> dict[str, tuple[int, int]]:
@@ -221,7 +222,7 @@ class Workspace:
         o = self.out(l, masks)
         if self.K is None:
             return o.reshape(self.T * self.B, self.H)
-        _trial_major(self.xin[l], o)
+        trial_major(self.xin[l], o)
         return self.xin[l]
 
     def load_state(self, h0) -> list[tuple]:
@@ -247,11 +248,6 @@ def _time_major(dst, src_km) -> None:
     T, K, B, X = dst.shape
     dst[...] = src_km.reshape(K, T, B, X).transpose(1, 0, 2, 3)
 
-
-def _trial_major(dst_km, src) -> None:
-    """(T, K, B, X) time-major -> (K, T*B, X) trial-major."""
-    T, K, B, X = src.shape
-    dst_km.reshape(K, T, B, X)[...] = src.transpose(1, 0, 2, 3)
 
 
 def forward(P: Params, X, h0, ws: Workspace, masks=None):

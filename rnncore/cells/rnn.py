@@ -122,8 +122,8 @@ class Layer:
                 add(d, dnext, d)
                 mul(d, g, d)
         if self.lead:
-            _trial_major(self.dflat, self.dh)
-            _trial_major(self.hprev, hs[:-1])
+            trial_major(self.dflat, self.dh)
+            trial_major(self.hprev, hs[:-1])
         return self.dflat
 
     def grad_Whh(self, dW) -> None:
@@ -131,7 +131,7 @@ class Layer:
         self.mm(self.dflat.swapaxes(-1, -2), self.hprev, out=dW.Whh)
 
 
-def _trial_major(dst_km, src) -> None:
+def trial_major(dst_km, src) -> None:
     """(T, K, B, H) time-major -> (K, T*B, H) trial-major."""
     T, K, B, H = src.shape
     dst_km.reshape(K, T, B, H)[...] = src.transpose(1, 0, 2, 3)
