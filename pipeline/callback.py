@@ -6,13 +6,13 @@ import os
 import shutil
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from ray import tune
 
+from . import raycompat
 from .config import SweepConfig
-from .names import run_name, trial_key
+from .vocab import CLOSED, best, run_name, trial_key
 
 STALE = object()  # PBT: a report of a run that a newer run of the same trial replaced
 
@@ -36,8 +36,7 @@ class SweepCallback(tune.Callback):
         from .trainable import trial_index
 
         if trial.trial_id not in self.index:
-            storage = getattr(trial, "storage", None)
-            self.index[trial.trial_id] = trial_index(trial.trial_id, getattr(storage, "trial_dir_name", None) or "")
+            self.index[trial.trial_id] = trial_index(trial.trial_id, raycompat.trial_dir_name(trial))
         index = self.index[trial.trial_id]
         return trial_key(index), index
 
@@ -175,7 +174,7 @@ class SweepCallback(tune.Callback):
                     error=tags.get("error", ""))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        err = _error_text(trial)
+        err = raycompat.error_text(trial)
         for t in (self._pack_members(trial) if self._is_pack(trial) else [trial]):
             key, _ = self._key(t)
             run = self._run(t)
@@ -248,12 +247,7 @@ class SweepCallback(tune.Callback):
         self.table.write()
 
     def best(self) -> dict[str, Any] | None:
-        rows = [r for r in self.table.trials.values()
-                if r.get("status") in ("finished", "stopped") and _finite(r.get(self.cfg.metric))]
-        if not rows:
-            return None
-        pick = min if self.cfg.mode == "min" else max
-        return pick(rows, key=lambda r: r[self.cfg.metric])
+        return best(self.table.trials.values(), metric=self.cfg.metric, mode=self.cfg.mode)
 
     def _progress(self, trials, force: bool = False) -> None:
         now = time.monotonic()
@@ -261,12 +255,11 @@ class SweepCallback(tune.Callback):
             return
         self.last_print = now
         rows = self.table.trials.values()
-        count = {s: sum(1 for r in rows if r.get("status") == s) for s in
-                 ("finished", "stopped", "diverged", "failed", "running")}
-        done = count["finished"] + count["stopped"] + count["diverged"] + count["failed"]
+        count = {s: sum(1 for r in rows if r.get("status") == s) for s in (*CLOSED, "running")}
+        done = sum(count[s] for s in CLOSED)
         pending = max(0, self.cfg.num_trials - done - count["running"])
-        best = self.best()
-        best_txt = f" | best {self.cfg.metric} {best[self.cfg.metric]:.4f} ({best['trial_id']})" if best else ""
+        top = self.best()
+        best_txt = f" | best {self.cfg.metric} {top[self.cfg.metric]:.4f} ({top['trial_id']})" if top else ""
         extra = "".join(f", {count[s]} {s}" for s in ("stopped", "diverged", "failed") if count[s])
         print(f"[{now - self.t0:6.0f}s] {done}/{self.cfg.num_trials} done{extra} | {count['running']} running | "
               f"{pending} pending{best_txt}", flush=True)
@@ -291,12 +284,3 @@ def _num(x) -> float | None:
 
 def _finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
-
-
-def _error_text(trial) -> str:
-    path = getattr(trial, "error_file", None)
-    if path and os.path.exists(path):
-        text = Path(path).read_text(errors="replace").strip()
-        lines = [l for l in text.splitlines() if l.strip()]
-        return lines[-1] if lines else text
-    return "trial failed (no error file)"

@@ -35,7 +35,7 @@ import yaml
 
 from rnncore.config import FIELD_NAMES, FIELD_TYPES
 
-from .names import short
+from .vocab import short
 from .results import EXPLOITS_SCHEMA, HISTORY_SCHEMA, HPARAMS, TRIALS_SCHEMA
 
 __all__ = ["ReportError", "SweepResults", "load_results", "importance", "write_report", "main",

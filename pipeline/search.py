@@ -18,6 +18,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTra
 
 from rnncore.config import check_value, coerce
 
+from . import raycompat
 from .config import AshaScheduler, OptunaSearch, PbtScheduler, SweepConfig
 
 
@@ -65,9 +66,7 @@ class _FinalReportPBT(PopulationBasedTraining):
         super().on_trial_add(tune_controller, trial)
         done = int((trial.last_result or {}).get("iteration", 0))
         if done:
-            state = self._trial_state[trial]
-            state.last_perturbation_time = done - done % self._perturbation_interval
-            state.last_train_time = done
+            raycompat.keep_pbt_schedule(self, trial, done)
 
     def on_trial_result(self, tune_controller, trial, result):
         if result.get("iteration", 0) >= result.get("target_iterations", float("inf")):

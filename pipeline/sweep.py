@@ -8,55 +8,21 @@ Exit codes: 0 the sweep ran (diverged or failed trials are rows with their statu
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
-import importlib
 import logging
+import math
 import os
 import socket
 import sys
-import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Sequence
 
+from . import raycompat
 from .config import ConfigError, SweepConfig, load_sweep
-
-# Ray reads these at import time: our own progress line replaces Tune's tables, and the trial folders
-# need no CSV/JSON/TensorBoard loggers (MLflow and Parquet hold the results).
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "1000")
+from .vocab import CLOSED, ranked
 
 BLAS_ENV = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
-
-
-class _Startup:
-    """The driver's start-up work that needs no Ray, in one thread while ray.init waits for Ray's processes:
-    Tune's and the pipeline's imports, then MLflow's import and a new store's tables (StoreWarmup)."""
-
-    def __init__(self, warmup):
-        self._warmup = warmup
-        self._thread = threading.Thread(target=self._run, name="rnnsweep-startup", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        for name in ("ray.tune", f"{__package__}.callback", f"{__package__}.results", f"{__package__}.trainable"):
-            try:  # imported here to be ready later; the driver imports them again, where any error shows
-                importlib.import_module(name)
-            except Exception:  # noqa: BLE001
-                break
-        self._warmup.prepare()
-
-    def join(self) -> None:
-        self._thread.join()
-
-    def discard(self) -> None:
-        """The sweep stops before it starts: skip the store if not begun, wait, remove what was prepared."""
-        self._warmup.discard()
-        self._thread.join()
-        self._warmup.discard()
-
 
 STARTED = time.monotonic()  # the sweep's clock: `time_budget_s` counts from here, not from Tune's start
 # What a sweep does after Tune stops its trials (the last reports, the tables, the parent run, the report and
@@ -78,141 +44,163 @@ def sweep_id(cfg: SweepConfig) -> str:
 # ---------------------------------------------------------------------------------------------- driver
 
 
-def run_sweep(cfg: SweepConfig, *, address: str | None, resume: bool) -> int:
-    from .tracking import StoreWarmup, Tracker, check_server, resolve_uri, ui_command  # imports no MLflow: cheap
+@dataclass
+class _Sweep:
+    """What the driver holds while a sweep runs."""
 
+    cfg: SweepConfig
+    tracking_uri: str
+    tracker: Any  # tracking.Tracker
+    parent_run: str
+    table: Any  # results.ResultsTable
+    callback: Any  # callback.SweepCallback
+    trials: list[dict[str, Any]] | None  # packed sweeps: every trial's searched values, drawn up front
+    packs: list[list[int]] | None  # packed sweeps: the trials of each pack
+
+
+def run_sweep(cfg: SweepConfig, *, address: str | None, resume: bool) -> int:
+    """Run the sweep ``cfg`` describes, on a local Ray (``address`` None) or the cluster at ``address``; with
+    ``resume``, finish the one in its output folder. Returns the exit code (see the module's docstring)."""
+    from .startup import Startup, freeze_at_exit
+    from .tracking import check_server, resolve_uri  # imports no MLflow: cheap
+
+    tune_dir = _prepare_output(cfg, resume=resume)
+    uri = resolve_uri(cfg.mlflow.tracking_uri)
+    check_server(uri)  # before importing Ray and Tune (seconds), so a dead server fails within its timeout
+    raycompat.set_process_env(loopback=not address or _is_loopback(address))
+    import ray
+
+    sweep = None
+    # Ray's processes start as early as possible; Startup does the driver's own start-up work meanwhile
+    with Startup(uri) as startup:
+        try:
+            _start_ray(address)
+            startup.ready()
+            _check_resources(cfg, local=not address)
+            startup.install_store()
+            freeze_at_exit()
+            sweep = _open_sweep(cfg, uri, resume=resume)
+            tuner = _build_tuner(sweep, tune_dir, resume=resume)
+            _fit(tuner)
+            return _finish(sweep)
+        except KeyboardInterrupt:  # outside Tune's run (which handles Ctrl-C itself): close what is open
+            if sweep is not None:
+                sweep.callback.finish()
+                sweep.tracker.finish_sweep(status="KILLED", best=None, files=[])
+            raise
+        finally:
+            ray.shutdown()
+
+
+def _prepare_output(cfg: SweepConfig, *, resume: bool) -> str:
+    """Check the output folder against --resume; returns the folder of Tune's own state."""
     output = cfg.output.resolve()
-    tune_dir = (cfg.storage.rstrip("/") + "/" + cfg.name) if cfg.storage else str(output / "tune")
     has_run = (output / "trials.parquet").exists() or (not cfg.storage and (output / "tune").exists())
     if has_run and not resume:
         raise SweepError(f"output folder {cfg.output} already holds a sweep; add --resume to finish it, "
                          "or set `output:` to a new folder")
     if resume and not has_run:
         raise SweepError(f"--resume: {cfg.output} holds no sweep to resume; run without --resume to start one")
+    return (cfg.storage.rstrip("/") + "/" + cfg.name) if cfg.storage else str(output / "tune")
 
-    uri = resolve_uri(cfg.mlflow.tracking_uri)
-    check_server(uri)  # before importing Ray and Tune (seconds), so a dead server fails within its timeout
-    import ray
 
-    # Ray's processes start as early as possible (ray.init mostly waits for them, on the other core), while
-    # one thread does the driver's own start-up work: Tune's and the pipeline's imports, MLflow's import and a
-    # new store's tables (put in place only once the checks below have passed)
-    warmup = StoreWarmup(uri)
-    startup = _Startup(warmup)
-    try:
-        _start_ray(address)
-        startup.join()
-    except BaseException:
-        startup.discard()
-        raise
-    corpus = cfg.corpus()  # read by load_sweep when it checked the file
-    from ray import tune
-
+def _open_sweep(cfg: SweepConfig, uri: str, *, resume: bool) -> _Sweep:
+    """The sweep's MLflow parent run, its tables (with what an earlier driver wrote) and Tune's callback."""
     from .callback import SweepCallback
     from .results import ResultsTable
-    from .trainable import train_trial
+    from .tracking import Tracker
 
-    # Python's final garbage collection walks every object of Ray, MLflow, pandas and matplotlib (~2 s at
-    # exit, after the work is done); frozen objects are skipped, and the OS frees the memory anyway
-    import atexit
-    import gc
+    corpus = cfg.corpus()  # read by load_sweep when it checked the file
+    tracker = Tracker(uri=uri, experiment=cfg.mlflow.experiment, sweep_id=sweep_id(cfg))
+    parent = tracker.start_sweep(name=cfg.name, sweep_text=cfg.source_text, resume=resume,
+                                 params={"sweep_file": str(cfg.source_path), "num_trials": cfg.num_trials,
+                                         "corpus": str(cfg.data.path), "corpus_sha256": corpus.sha256,
+                                         "seed": cfg.seed, "metric": cfg.metric, "mode": cfg.mode,
+                                         "scheduler": cfg.scheduler.type, "search_alg": cfg.search_alg.type})
+    table = ResultsTable(cfg.output.resolve(), sweep_text=cfg.source_text)
+    if resume:
+        table.load_existing()
+    callback = SweepCallback(cfg=cfg, tracker=tracker, table=table)
+    trials = packs = None
+    if cfg.packing:  # trials drawn up front and grouped: one Tune trial trains one pack
+        from .packing import expand_trials, make_packs
 
-    atexit.register(gc.freeze)
-    tracker = callback = None
-    try:
-        _check_resources(cfg, local=not address)
-        warmup.install()
-        tracker = Tracker(uri=uri, experiment=cfg.mlflow.experiment, sweep_id=sweep_id(cfg))
-        parent = tracker.start_sweep(name=cfg.name, sweep_text=cfg.source_text, resume=resume,
-                                     params={"sweep_file": str(cfg.source_path), "num_trials": cfg.num_trials,
-                                             "corpus": str(cfg.data.path), "corpus_sha256": corpus.sha256,
-                                             "seed": cfg.seed, "metric": cfg.metric, "mode": cfg.mode,
-                                             "scheduler": cfg.scheduler.type, "search_alg": cfg.search_alg.type})
-        table = ResultsTable(output, sweep_text=cfg.source_text)
-        if resume:
-            table.load_existing()
-        callback = SweepCallback(cfg=cfg, tracker=tracker, table=table)
-        base = cfg.base_values()
-        common = dict(corpus=corpus, base=base, sweep_seed=cfg.seed, derive_seed=cfg.derive_seed)
-        packs = None
-        if cfg.packing:  # trials drawn up front and grouped: one Tune trial trains one pack
-            from .packing import expand_trials, make_packs
-            from .trainable import train_pack
+        trials = expand_trials(cfg)
+        packs = make_packs(trials, cfg.base_values(), cfg.packing.max_trials)
+        callback.packs = {i: (trials[i], p) for p, members in enumerate(packs) for i in members}
+    in_packs = f" in {len(packs)} packs" if packs else ""
+    print(f"sweep {cfg.name}: {cfg.num_trials} trials{in_packs}, {cfg.scheduler.type} scheduler, "
+          f"MLflow experiment {cfg.mlflow.experiment!r} at {uri}", flush=True)
+    for note in cfg.notes():
+        print(f"note: {note}", file=sys.stderr, flush=True)
+    return _Sweep(cfg=cfg, tracking_uri=uri, tracker=tracker, parent_run=parent, table=table, callback=callback,
+                  trials=trials, packs=packs)
 
-            trials = expand_trials(cfg)
-            packs = make_packs(trials, base, cfg.packing.max_trials)
-            callback.packs = {i: (trials[i], p) for p, members in enumerate(packs) for i in members}
-            fn = tune.with_parameters(train_pack, trials=trials, packs=packs, **common)
-        else:
-            fn = tune.with_parameters(train_trial, **common)
-        trainable = tune.with_resources(fn, {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
-        in_packs = f" in {len(packs)} packs" if packs else ""
-        print(f"sweep {cfg.name}: {cfg.num_trials} trials{in_packs}, {cfg.scheduler.type} scheduler, "
-              f"MLflow experiment {cfg.mlflow.experiment!r} at {uri}", flush=True)
-        for note in cfg.notes():
-            print(f"note: {note}", file=sys.stderr, flush=True)
-        run_config = _run_config(cfg, callback, tune_dir)
-        if resume and tune.Tuner.can_restore(tune_dir):
-            # Tune's own state: trial ids, configs, statuses, newest checkpoints; finished trials stay finished
-            tuner = tune.Tuner.restore(tune_dir, trainable=trainable, resume_unfinished=True, resume_errored=True,
-                                       param_space=_param_space(cfg, packs))
-            # A restored Tuner runs with the RunConfig pickled at its start (the callback of a driver that is
-            # gone), and Tuner.restore takes no run_config (Ray 2.60): give it this driver's, same name and storage.
-            local = getattr(tuner, "_local_tuner", None)
-            if local is None or not hasattr(local, "_run_config"):
-                raise SweepError(f"--resume: this Ray version ({ray.__version__}) restores Tune runs in a way "
-                                 "rnnsweep does not support; pin the Ray version in pyproject.toml")
-            local._run_config = run_config
-        else:  # a fresh sweep, or one killed before Tune saved any state: start it (again)
-            tuner = tune.Tuner(trainable, param_space=_param_space(cfg, packs), tune_config=_tune_config(cfg, packs),
-                               run_config=run_config)
-        # the report's plotting library loads while the trials start (the driver mostly waits then)
-        threading.Thread(target=_warm_up_report, name="rnnsweep-report-warmup", daemon=True).start()
+
+def _build_tuner(sweep: _Sweep, tune_dir: str, *, resume: bool):
+    """A new Tuner, or, for --resume, Tune's saved run (trial ids, configs, statuses, newest checkpoints; finished
+    trials stay finished) driven by this driver's callback."""
+    from ray import tune
+
+    from .search import checkpoints_to_keep
+    from .trainable import train_pack, train_trial
+
+    cfg = sweep.cfg
+    common = dict(corpus=cfg.corpus(), base=cfg.base_values(), sweep_seed=cfg.seed, derive_seed=cfg.derive_seed)
+    if sweep.packs is not None:
+        fn = tune.with_parameters(train_pack, trials=sweep.trials, packs=sweep.packs, **common)
+    else:
+        fn = tune.with_parameters(train_trial, **common)
+    trainable = tune.with_resources(fn, {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
+    storage, name = tune_dir.rsplit("/", 1)
+    run_config = tune.RunConfig(
+        name=name, storage_path=storage, callbacks=[sweep.callback], verbose=0,
+        progress_reporter=raycompat.silent_reporter(),
+        failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoints_to_keep(cfg)))
+    space = _param_space(cfg, sweep.packs)
+    if resume and tune.Tuner.can_restore(tune_dir):
         try:
-            tuner.fit()  # Ctrl-C: Tune stops the trials, saves its state and returns
-        except KeyboardInterrupt:
-            pass
-        closed = sum(1 for r in table.trials.values() if r.get("status") in ("finished", "stopped", "diverged", "failed"))
-        interrupted = closed < cfg.num_trials and not cfg.time_budget_s
-        callback.finish()
-        best = callback.best()
-        tracker.finish_sweep(status="KILLED" if interrupted else "FINISHED", best=best,
-                             files=[str(table.trials_path), str(table.history_path)])
-        _print_summary(cfg, table, best, ui_command(uri), parent)
-        if table.trials and not interrupted:  # an interrupted sweep gets its report when --resume finishes it
-            from concurrent.futures import ThreadPoolExecutor
-
-            from .report import write_report
-
-            # drawn while Ray shuts down (which mostly waits for its processes to exit): seconds off the end
-            with ThreadPoolExecutor(1, thread_name_prefix="report") as pool:
-                report = pool.submit(write_report, output, tracking_uri=uri)
-                ray.shutdown()
-                print(f"report:  {report.result() / 'report.md'}")
-        if interrupted:
-            print(f"\ninterrupted: finish with  python -m pipeline.sweep {cfg.source_path} --resume",
-                  file=sys.stderr)
-            return 130
-        statuses = [r["status"] for r in table.trials.values()]
-        return 1 if statuses and all(s == "failed" for s in statuses) else 0
-    except KeyboardInterrupt:  # outside Tune's run (which handles Ctrl-C itself): close what is open
-        if tracker is not None and tracker.parent_id:
-            if callback is not None:
-                callback.finish()
-            tracker.finish_sweep(status="KILLED", best=None, files=[])
-        raise
-    finally:
-        warmup.discard()
-        ray.shutdown()
+            return raycompat.restore_tuner(tune_dir, trainable=trainable, param_space=space, run_config=run_config)
+        except raycompat.RestoreError as e:
+            raise SweepError(str(e)) from None
+    # a fresh sweep, or one killed before Tune saved any state: start it (again)
+    return tune.Tuner(trainable, param_space=space, tune_config=_tune_config(cfg, sweep.packs), run_config=run_config)
 
 
-def _warm_up_report() -> None:
+def _fit(tuner) -> None:
+    from .startup import warm_up_report
+
+    warm_up_report()
     try:
-        from .report import warm_up
-
-        warm_up()
-    except Exception:  # noqa: BLE001 - only a head start; the report itself shows any error
+        tuner.fit()  # Ctrl-C: Tune stops the trials, saves its state and returns
+    except KeyboardInterrupt:
         pass
+
+
+def _finish(sweep: _Sweep) -> int:
+    """Close the runs and the tables, print the summary, write the report; returns the exit code."""
+    import ray
+
+    from .startup import report_while
+    from .tracking import ui_command
+
+    cfg, table = sweep.cfg, sweep.table
+    closed = sum(1 for r in table.trials.values() if r.get("status") in CLOSED)
+    interrupted = closed < cfg.num_trials and not cfg.time_budget_s
+    sweep.callback.finish()
+    best = sweep.callback.best()
+    sweep.tracker.finish_sweep(status="KILLED" if interrupted else "FINISHED", best=best,
+                               files=[str(table.trials_path), str(table.history_path)])
+    _print_summary(cfg, table, best, ui_command(sweep.tracking_uri), sweep.parent_run)
+    if interrupted:  # an interrupted sweep gets its report when --resume finishes it
+        print(f"\ninterrupted: finish with  python -m pipeline.sweep {cfg.source_path} --resume", file=sys.stderr)
+        return 130
+    if table.trials:
+        folder = report_while(ray.shutdown, cfg.output.resolve(), tracking_uri=sweep.tracking_uri)
+        print(f"report:  {folder / 'report.md'}")
+    statuses = [r["status"] for r in table.trials.values()]
+    return 1 if statuses and all(s == "failed" for s in statuses) else 0
 
 
 def _host_port(address: str) -> tuple[str, int]:
@@ -239,11 +227,10 @@ def _start_ray(address: str | None) -> None:
         # - no workers prestarted for the driver: Tune gives its trial actors a runtime env of their own, so
         #   they start new workers anyway, and two idle processes importing Ray cost a core-second each;
         # - no metrics collection, which only feeds Ray's dashboard (not started here);
-        # - no autoscaler monitor and no log monitor (see _without_monitors).
-        with _without_monitors():
+        # - no autoscaler monitor and no log monitor (raycompat.lean_local_node).
+        with raycompat.lean_local_node():
             ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
-                     _system_config={"prestart_worker_first_driver": False, "enable_metrics_collection": False},
-                     **common)
+                     _system_config=raycompat.LOCAL_SYSTEM_CONFIG, **common)
         return
     common["runtime_env"] = {"env_vars": BLAS_ENV}  # a cluster's nodes were started with their own environment
     if address != "auto":  # Ray itself retries an unreachable address for minutes: probe it first
@@ -260,38 +247,6 @@ def _start_ray(address: str | None) -> None:
     except Exception as e:  # ConnectionError, TimeoutError, RuntimeError depending on the address form
         raise SweepError(f"cannot join the Ray cluster at {address}: {e}; check the address "
                          "(auto, HOST:PORT or ray://HOST:10001) and that the cluster is up") from None
-
-
-@contextlib.contextmanager
-def _without_monitors():
-    """A local Ray node without its autoscaler monitor (a fixed single node has nothing to scale) and its log
-    monitor (which forwards worker output to the driver: log_to_driver=False). Together they cost about two
-    core-seconds while the sweep starts and a per cent of a core while it runs. `ray start` has flags for
-    both; ray.init does not, so they are set on the node parameters it builds (Ray's private RayParams).
-    With a Ray whose RayParams lacks them, the node starts as ray.init makes it."""
-    import inspect
-
-    try:
-        from ray._private import parameter
-
-        init = parameter.RayParams.__init__
-        fits = {"no_monitor", "include_log_monitor"} <= set(inspect.signature(init).parameters)
-    except (ImportError, AttributeError, TypeError, ValueError):
-        fits = False
-    if not fits:
-        yield
-        return
-
-    def lean(self, *args, **kwargs):
-        kwargs.setdefault("no_monitor", True)
-        kwargs.setdefault("include_log_monitor", False)
-        init(self, *args, **kwargs)
-
-    parameter.RayParams.__init__ = lean
-    try:
-        yield
-    finally:
-        parameter.RayParams.__init__ = init
 
 
 def _check_resources(cfg: SweepConfig, *, local: bool) -> None:
@@ -343,49 +298,14 @@ def _tune_budget(budget: float | None) -> float | None:
     return max(1.0, budget - (time.monotonic() - STARTED) - FINISH_RESERVE_S)
 
 
-class _Silent:
-    """A progress reporter that never reports: the SweepCallback prints a concise line instead."""
-
-    def setup(self, *a, **k):
-        pass
-
-    def should_report(self, trials, done=False):
-        return False
-
-    def report(self, trials, done, *sys_info):
-        pass
-
-    def set_search_properties(self, metric, mode):
-        return True
-
-    def set_total_samples(self, total_samples):
-        pass
-
-
-def _run_config(cfg: SweepConfig, callback, tune_dir: str):
-    from ray import tune
-    from ray.tune.progress_reporter import ProgressReporter
-
-    from .search import checkpoints_to_keep
-
-    class Silent(_Silent, ProgressReporter):
-        pass
-
-    storage, name = tune_dir.rsplit("/", 1)
-    return tune.RunConfig(name=name, storage_path=storage, callbacks=[callback], verbose=0,
-                          progress_reporter=Silent(),
-                          failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-                          checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoints_to_keep(cfg)))
-
-
 # ------------------------------------------------------------------------------------------ reporting
 
 
 def _print_summary(cfg: SweepConfig, table, best, ui: str, parent: str) -> None:
-    from .callback import _finite
-
-    rows = [r for r in table.trials.values() if _finite(r.get(cfg.metric))]
-    rows.sort(key=lambda r: r[cfg.metric], reverse=cfg.mode == "max")
+    # the ranked trials, best first, then the rest that have the metric (diverged, interrupted...), by id
+    top = ranked(table.trials.values(), metric=cfg.metric, mode=cfg.mode)
+    rest = [r for _, r in sorted(table.trials.items()) if r not in top and _finite(r.get(cfg.metric))]
+    rows = top + rest
     names = list(cfg.searched) + (["final_lr"] if cfg.scheduler.type == "pbt" else [])  # PBT: the lr it ended with
     print(f"\nleaderboard (top {min(10, len(rows))} of {len(table.trials)} by {cfg.metric}):")
     head = ["trial", "status", *names, "val_loss", "val_bpc", "chars/s", "mlflow run"]
@@ -400,6 +320,10 @@ def _print_summary(cfg: SweepConfig, table, best, ui: str, parent: str) -> None:
               + "  ".join(f"{n}={_fmt(best.get(n))}" for n in names))
     print(f"\ntables:  {table.trials_path}\n         {table.history_path}")
     print(f"MLflow:  {ui}   (experiment {cfg.mlflow.experiment!r}, parent run {parent[:12]})")
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 def _fmt(v) -> str:
@@ -433,10 +357,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(cfg.plan_text())
         return 0
     address = args.address or os.environ.get("RAY_ADDRESS") or cfg.ray.address
-    if not address or _is_loopback(address):
-        # Ray swaps 127.0.0.1 for this machine's outward address unless told the cluster is single-host
-        # (read when Ray is imported, so before any import of it)
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         return run_sweep(cfg, address=address, resume=args.resume)
     except KeyboardInterrupt:  # Ctrl-C outside Tune's run (starting up, writing the summary)

@@ -19,11 +19,19 @@ from typing import Any, Mapping
 SWEEP_TAG = "rnnsweep.sweep_id"
 RESULT_METRICS = ("train_loss", "val_loss", "val_bpc", "best_val_loss", "chars_per_sec", "iterations")
 TRIAL_TAG = "trial_id"
-# With a tracking server, MLflow prints two "View run/experiment at: URL" lines per ended run; the driver's
-# progress line and summary (which names the server) replace them.
-os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-# Nor progress bars for artifact transfers (shown once tqdm is installed): a few small files each
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# Set (unless the user set them) before this module first uses MLflow:
+MLFLOW_ENV = {
+    # with a tracking server, MLflow prints two "View run/experiment at: URL" lines per ended run; the driver's
+    # progress line and summary (which names the server) replace them
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    # nor progress bars for artifact transfers (shown once tqdm is installed): a few small files each
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+
+def _quiet_mlflow() -> None:
+    for key, value in MLFLOW_ENV.items():
+        os.environ.setdefault(key, value)
 
 
 class TrackingError(RuntimeError):
@@ -83,6 +91,7 @@ class StoreWarmup:
     def prepare(self) -> None:
         """MLflow's import (~2 s) and the new store's tables; blocking, meant for a background thread."""
         try:
+            _quiet_mlflow()
             import mlflow
             from mlflow.tracking import MlflowClient
 
@@ -183,6 +192,7 @@ class Tracker:
     """Thin wrapper over MlflowClient with the sweep's run layout."""
 
     def __init__(self, *, uri: str, experiment: str, sweep_id: str):
+        _quiet_mlflow()
         from mlflow.tracking import MlflowClient
 
         self.uri, self.sweep_id = uri, sweep_id

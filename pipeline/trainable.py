@@ -29,6 +29,9 @@ from rnncore import Corpus, TrainConfig, Trainer, train_loop
 from rnncore import checkpoint as ckpt
 from rnncore.optim import learning_rate_at
 
+from . import raycompat
+from .vocab import trial_key
+
 CHECKPOINT_FILE = "checkpoint.npz"
 REPORT_FILE = "report.json"
 # Fault-injection tests only: when set, every start of a trial (first run, retry or resume) appends
@@ -155,17 +158,13 @@ def _newer_checkpoint(ctx, restored: "tune.Checkpoint | None", cfg: TrainConfig,
     Tune may persist the re-sent report onto that very folder."""
     import pyarrow.fs as pafs
 
-    try:  # a developer API of Ray 2.x. A trial resumed before it had a folder in Tune's state gets a new
-        # folder (the name holds a timestamp): the trial id, stable across resumes, finds the older ones.
-        storage = ctx.get_storage()
-        fs, exp = storage.storage_filesystem, storage.experiment_fs_path
-        tag = f"_{ctx.get_trial_id()}_"
-        folders = [i.path for i in fs.get_file_info(pafs.FileSelector(exp, allow_not_found=True))
-                   if i.type == pafs.FileType.Directory and tag in posixpath.basename(i.path)]
-    except Exception:  # noqa: BLE001 - not in a Tune session, or the API moved: Tune's checkpoint's folder
-        if restored is None:
-            return None
+    found = raycompat.trial_folders(ctx)
+    if found is not None:
+        fs, folders = found
+    elif restored is not None:  # not in a Tune session: Tune's checkpoint's folder
         fs, folders = restored.filesystem, [posixpath.dirname(restored.path.rstrip("/"))]
+    else:
+        return None
     infos = []
     for folder in folders:
         try:
@@ -199,7 +198,7 @@ def _newer_checkpoint(ctx, restored: "tune.Checkpoint | None", cfg: TrainConfig,
 def _note_start(index: int, iteration: int) -> None:
     folder = os.environ.get(TEST_PIDFILE_ENV)
     if folder:
-        with open(os.path.join(folder, f"t{index:04d}.starts"), "a") as f:
+        with open(os.path.join(folder, f"{trial_key(index)}.starts"), "a") as f:
             f.write(f"{os.getpid()} {iteration}\n")
 
 

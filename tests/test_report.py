@@ -381,7 +381,7 @@ def test_model_family_options_are_plotted_labelled_and_in_the_best_block(tmp_pat
 
 
 def test_run_names_and_report_labels_share_one_table():
-    from pipeline.names import SHORT_NAMES, run_name, short
+    from pipeline.vocab import SHORT_NAMES, run_name, short
     from pipeline.report import UNITS
 
     assert set(SHORT_NAMES) <= set(FIELD_NAMES) and set(UNITS) == set(FIELD_NAMES)  # every option has a plot label

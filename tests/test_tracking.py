@@ -88,10 +88,9 @@ def test_a_damaged_template_is_replaced(tmp_path, cache, monkeypatch):
 def test_startup_thread_imports_tune_and_the_pipeline():
     import sys
 
-    from pipeline.sweep import _Startup
-    from pipeline.tracking import StoreWarmup
+    from pipeline.startup import Startup
 
-    _Startup(StoreWarmup("http://x")).join()
+    Startup("http://x").ready()
     assert {"ray.tune", "pipeline.callback", "pipeline.results", "pipeline.trainable"} <= set(sys.modules)
 
 
@@ -115,10 +114,10 @@ def test_the_sweep_trains_on_the_corpus_load_sweep_checked_or_gets_its_error(tmp
 def test_lean_local_node_drops_only_the_two_monitors_and_restores_ray():
     from ray._private.parameter import RayParams
 
-    from pipeline.sweep import _without_monitors
+    from pipeline.raycompat import lean_local_node
 
     before = RayParams()
-    with _without_monitors():
+    with lean_local_node():
         lean = RayParams(num_cpus=2, include_log_monitor=True)  # an explicit value is kept
         plain = RayParams(num_cpus=2)
     after = RayParams()
