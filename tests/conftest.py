@@ -5,6 +5,8 @@ logs to `sqlite:///<cwd>/mlflow.db` and starts its own local Ray), the repositor
 private RAY_TMPDIR, so that a `ray start` cluster elsewhere on the machine (whose address Ray would
 otherwise pick up from /tmp/ray/ray_current_cluster) is never joined, and Ray's session files do not
 mix with other jobs'; and a private RNNSWEEP_CACHE_DIR instead of the user's cache.
+
+Plain helper functions the test modules share (sweep files, tables, relative differences) are in helpers.py.
 """
 from __future__ import annotations
 

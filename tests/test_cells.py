@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from cell_oracle import CellOracle, draw_masks, learning_rate_at, param_names, param_shapes, spec_init
+from helpers import rel_diff
 from rnncore import TrainConfig, Trainer, make_corpus
 from rnncore.model import Params, Workspace, init_params, loss_and_grads
 from seed_oracle import SeedRNN
@@ -21,12 +22,6 @@ from seed_oracle import SeedRNN
 REPO = Path(__file__).resolve().parents[1]
 SHAKESPEARE = REPO / "data" / "tinyshakespeare.txt"
 CELLS = ("rnn", "lstm", "gru")
-
-
-def rel_diff(a: np.ndarray, b: np.ndarray) -> float:
-    """max |a - b| / max |b| (0 when both are all zero)."""
-    scale = float(np.max(np.abs(b)))
-    return float(np.max(np.abs(a - b))) / scale if scale else float(np.max(np.abs(a - b)))
 
 
 def as_dict(P: Params) -> dict[str, np.ndarray]:

@@ -42,7 +42,8 @@ from typing import Any, Iterator
 
 import pandas as pd
 import pytest
-import yaml
+
+from helpers import read_history, read_trials, write_sweep
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -315,13 +316,6 @@ def cluster(tmp_path_factory, short_tmp, cli_env) -> Iterator[Cluster]:
 # ---------------------------------------------------------------------------------------------- sweeps
 
 
-def write_sweep(folder: Path, sweep: dict[str, Any], corpus: str) -> Path:
-    (folder / "corpus.txt").write_text(corpus, encoding="utf-8")
-    path = folder / "sweep.yaml"
-    path.write_text(yaml.safe_dump(sweep, sort_keys=False), encoding="utf-8")
-    return path
-
-
 @dataclass
 class SweepRun:
     cwd: Path
@@ -330,11 +324,10 @@ class SweepRun:
     seconds: float
 
     def trials(self) -> pd.DataFrame:
-        return pd.read_parquet(self.cwd / "out" / "trials.parquet").sort_values("trial_id", ignore_index=True)
+        return read_trials(self.cwd / "out")
 
     def history(self) -> pd.DataFrame:
-        return pd.read_parquet(self.cwd / "out" / "history.parquet").sort_values(["trial_id", "iteration"],
-                                                                                  ignore_index=True)
+        return read_history(self.cwd / "out")
 
 
 def start_sweep(folder: Path, sweep: dict[str, Any], corpus: str, run_module, cluster: Cluster, cli_env,

@@ -4,15 +4,14 @@ from __future__ import annotations
 import copy
 import os
 import pickle
-import stat
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-import yaml
 
+from helpers import edit, make_read_only_dir, write_sweep
 from pipeline.config import (
     SEARCH_KINDS,
     AshaScheduler,
@@ -52,32 +51,8 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def write_sweep(folder: Path, sweep: dict[str, Any] | str, name: str = "sweep.yaml") -> Path:
-    path = folder / name
-    path.write_text(sweep if isinstance(sweep, str) else yaml.safe_dump(sweep, sort_keys=False), encoding="utf-8")
-    return path
-
-
 def listing(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
-
-
-def edit(**changes: Any) -> Callable[[dict], dict]:
-    """A change to BASE: keys like train__hidden_size set a nested value; None removes the key."""
-
-    def apply(sweep: dict) -> dict:
-        for dotted, value in changes.items():
-            *parents, last = dotted.split("__")
-            node = sweep
-            for p in parents:
-                node = node.setdefault(p, {})
-            if value is None:
-                node.pop(last, None)
-            else:
-                node[last] = value
-        return sweep
-
-    return apply
 
 
 def rename_train_key(old: str, new: str) -> Callable[[dict], dict]:
@@ -90,11 +65,6 @@ def rename_train_key(old: str, new: str) -> Callable[[dict], dict]:
 
 def setup_file(name: str, content: bytes) -> Callable[[Path], None]:
     return lambda folder: (folder / name).write_bytes(content)
-
-
-def setup_readonly_dir(folder: Path) -> None:
-    (folder / "ro").mkdir()
-    (folder / "ro").chmod(stat.S_IRUSR | stat.S_IXUSR)
 
 
 # (id, change to BASE or raw YAML text, setup in the workspace, substrings the error must contain)
@@ -218,7 +188,7 @@ BAD_CASES: list[tuple[str, Callable[[dict], dict] | str, Callable[[Path], None] 
      ["data.path: corpus file is not valid UTF-8", "byte 0xe9 at offset 1234"]),
     ("output-is-a-file", edit(output="taken"), setup_file("taken", b"x"),
      ["output: must be a folder, but got", "which is an existing file"]),
-    ("output-under-read-only-folder", edit(output="ro/sweep"), setup_readonly_dir,
+    ("output-under-read-only-folder", edit(output="ro/sweep"), make_read_only_dir,
      ["output: must be creatable", "is not writable"]),
     ("storage-is-a-file", edit(storage="taken"), setup_file("taken", b"x"),
      ["storage: must be a folder, but got"]),

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import assert_same_state
 from rnncore import (CheckpointError, CorpusError, TrainConfig, Trainer, check_fits, checkpoint, load_corpus,
                      make_corpus)
 from rnncore.model import Params
@@ -59,16 +60,6 @@ def small_file(tmp_path, shakes) -> Path:
 
 
 # ---------------------------------------------------------------- checkpoints: resume bit for bit
-
-
-def assert_same_state(a, b):
-    for name in NAMES:
-        np.testing.assert_array_equal(getattr(a.params, name), getattr(b.params, name), err_msg=name)
-        np.testing.assert_array_equal(getattr(a.mem, name), getattr(b.mem, name), err_msg="m" + name)
-        assert getattr(a.params, name).dtype == getattr(b.params, name).dtype
-    np.testing.assert_array_equal(a.h, b.h)
-    assert a.h.dtype == b.h.dtype
-    assert (a.p, a.iteration, a.smooth_loss) == (b.p, b.iteration, b.smooth_loss)
 
 
 @pytest.mark.parametrize("B,dtype", [(1, "float64"), (4, "float32")])

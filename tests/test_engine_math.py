@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import rel_diff
 from rnncore import TrainConfig, Trainer, make_corpus, train_loop
 from rnncore.model import Params, Workspace, advance, evaluate, init_params, loss_and_grads, sample
 from seed_oracle import SeedRNN
@@ -22,12 +23,6 @@ def shakes3k() -> str:
     """3,001 characters: a 1000-iteration run wraps the data pointer many times, and with T = 25 the window
     at p = 2975 ends exactly on the last character (p + T + 1 == len), where the seed wraps anyway."""
     return SHAKESPEARE.read_text(encoding="utf-8")[:3001]
-
-
-def rel_diff(a: np.ndarray, b: np.ndarray) -> float:
-    """max |a - b| / max |b| (0 when both are all zero)."""
-    scale = float(np.max(np.abs(b)))
-    return float(np.max(np.abs(a - b))) / scale if scale else float(np.max(np.abs(a - b)))
 
 
 def random_params(H: int, V: int, seed: int, scale: float = 0.5) -> Params:

@@ -1,4 +1,5 @@
-"""Fault injection: what survives a crash (docs/faults.md), each guarantee proven by the fault itself.
+"""Fault injection: what survives a crash (README.md, "What survives a crash"), each guarantee proven by the
+fault itself.
 
 - A trial's worker SIGKILLed mid-trial: the trial restarts from its newest checkpoint, in the same MLflow run,
   and ends with the numbers of an uninterrupted run (FIFO, fixed seed: bit for bit).
@@ -25,7 +26,6 @@ import random
 import re
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import threading
@@ -39,6 +39,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import yaml
+
+from helpers import edit, make_read_only_dir, read_history, read_trials, write_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 PIDFILE_ENV = "RNNSWEEP_TEST_PIDFILE_DIR"
@@ -80,15 +82,6 @@ METRICS = ("train_loss", "val_loss", "val_bpc", "chars_per_sec")
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def write_sweep(folder: Path, sweep: dict[str, Any], corpus: str | bytes | None, name: str = "sweep.yaml") -> Path:
-    if corpus is not None:
-        target = folder / "corpus.txt"
-        target.write_bytes(corpus) if isinstance(corpus, bytes) else target.write_text(corpus, encoding="utf-8")
-    path = folder / name
-    path.write_text(yaml.safe_dump(sweep, sort_keys=False), encoding="utf-8")
-    return path
 
 
 def corpus(n: int = CORPUS_CHARS) -> str:
@@ -258,11 +251,10 @@ class Scenario:
         return best
 
     def trials(self) -> pd.DataFrame:
-        return pd.read_parquet(self.out / "trials.parquet").sort_values("trial_id", ignore_index=True)
+        return read_trials(self.out)
 
     def history(self) -> pd.DataFrame:
-        return pd.read_parquet(self.out / "history.parquet").sort_values(["trial_id", "iteration"],
-                                                                         ignore_index=True)
+        return read_history(self.out)
 
     def mlflow(self, db: str = "mlflow.db") -> tuple[Any, list, dict[str, Any]]:
         """(client, parent runs, {trial_id: child run}); fails if two children share a trial."""
@@ -669,41 +661,24 @@ BAD_BASE: dict[str, Any] = {**FAULT, "name": "bad", "train": {**FAULT["train"], 
                                                               "sample_every": 0, "learning_rate": 0.1}}
 
 
-def _bad(**changes: Any) -> Callable[[dict], dict | str]:
-    def apply(sweep: dict) -> dict:
-        for dotted, value in changes.items():
-            *parents, last = dotted.split("__")
-            node = sweep
-            for p in parents:
-                node = node[p]
-            node[last] = value
-        return sweep
-    return apply
-
-
-def _read_only_output(folder: Path) -> None:
-    (folder / "ro").mkdir()
-    (folder / "ro").chmod(stat.S_IRUSR | stat.S_IXUSR)
-
-
 # id, the sweep file (a change to BAD_BASE, or raw text), corpus bytes, setup, extra CLI args, words in stderr
 HOSTILE = [
     pytest.param("name: bad\ntrain:\n  hidden_size: 8\n   seq_length: 16\n", None, None, [],
                  ["invalid YAML at line 4, column 14"], id="yaml-syntax-error"),
     pytest.param("- name: bad\n- output: out\n", None, None, [], ["(top level): must be a mapping", "list"],
                  id="not-a-mapping"),
-    pytest.param(_bad(train__seq_length={"choice": []}), None, None, [],
+    pytest.param(edit(train__seq_length={"choice": []}), None, None, [],
                  ["train.seq_length.choice", "at least one value"], id="empty-choice"),
-    pytest.param(_bad(train__hidden_size={"grid_search": []}), None, None, [],
+    pytest.param(edit(train__hidden_size={"grid_search": []}), None, None, [],
                  ["train.hidden_size.grid_search"], id="empty-grid"),
-    pytest.param(_bad(num_samples=0), None, None, [], ["num_samples: must be >= 1"], id="num-samples-0"),
-    pytest.param(_bad(), b"", None, [], ["data.path", "empty"], id="corpus-empty"),
-    pytest.param(_bad(), b"abc" * 500 + b"\xff\xfe" + b"abc" * 500, None, [], ["data.path", "UTF-8", "0xff"],
+    pytest.param(edit(num_samples=0), None, None, [], ["num_samples: must be >= 1"], id="num-samples-0"),
+    pytest.param(edit(), b"", None, [], ["data.path", "empty"], id="corpus-empty"),
+    pytest.param(edit(), b"abc" * 500 + b"\xff\xfe" + b"abc" * 500, None, [], ["data.path", "UTF-8", "0xff"],
                  id="corpus-not-utf8"),
-    pytest.param(_bad(), b"First Citizen: speak.\n" * 2, None, [], ["train.seq_length", "training split"],
+    pytest.param(edit(), b"First Citizen: speak.\n" * 2, None, [], ["train.seq_length", "training split"],
                  id="corpus-shorter-than-a-sequence"),
-    pytest.param(_bad(), None, None, ["--resume"], ["--resume", "no sweep to resume"], id="resume-without-a-sweep"),
-    pytest.param(_bad(output="ro/sweep"), None, _read_only_output, [], ["output", "not writable"],
+    pytest.param(edit(), None, None, ["--resume"], ["--resume", "no sweep to resume"], id="resume-without-a-sweep"),
+    pytest.param(edit(output="ro/sweep"), None, make_read_only_dir, [], ["output", "not writable"],
                  id="unwritable-output"),
     pytest.param("name: !!python/object/apply:os.system ['touch PWNED']\ndata: {path: corpus.txt}\n", None, None,
                  [], ["python/object/apply:os.system", "line 1"], id="python-tag-is-not-code"),
@@ -716,13 +691,11 @@ def test_hostile_sweep_input_exits_2_with_one_message_and_touches_nothing(
         fresh_ray_tmpdir, snapshot, proc_text) -> None:
     if setup:
         setup(tmp_path)
-    if setup is _read_only_output and os.access(tmp_path / "ro", os.W_OK):
+    if setup is make_read_only_dir and os.access(tmp_path / "ro", os.W_OK):
         pytest.skip("chmod does not stop this user from writing (running as root); tests/test_config.py checks "
                     "the same rule with os.access patched")
-    text = sweep if isinstance(sweep, str) else yaml.safe_dump(sweep(copy.deepcopy(BAD_BASE)), sort_keys=False)
-    (tmp_path / "sweep.yaml").write_text(text, encoding="utf-8")
-    data = corpus_bytes if corpus_bytes is not None else corpus(5000).encode()
-    (tmp_path / "corpus.txt").write_bytes(data)
+    write_sweep(tmp_path, sweep if isinstance(sweep, str) else sweep(copy.deepcopy(BAD_BASE)),
+                corpus_bytes if corpus_bytes is not None else corpus(5000).encode())
     before = snapshot(tmp_path)
     proc = run_module("pipeline.sweep", "sweep.yaml", *args, cwd=tmp_path, env=cli_env(ray_tmp=fresh_ray_tmpdir),
                       timeout=120)

@@ -13,17 +13,13 @@ try:
 except Exception as e:  # no driver
     pytest.skip(f"no usable GPU: {e}", allow_module_level=True)
 
+from helpers import rel_diff  # noqa: E402
 from rnncore import TrainConfig, Trainer, make_corpus  # noqa: E402
 from rnncore.model import Params, Workspace, loss_and_grads  # noqa: E402
 from rnncore.trainer import PackedTrainer  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 TEXT = (Path(__file__).resolve().parents[1] / "data" / "tinyshakespeare.txt").read_text(encoding="utf-8")[:5001]
-
-
-def rel(a, b) -> float:
-    a, b = (np.asarray(x.get() if hasattr(x, "get") else x, np.float64) for x in (a, b))
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
 
 
 @pytest.mark.parametrize("K", [None, 4])
@@ -40,9 +36,9 @@ def test_loss_and_gradients_match_numpy(K):
     Pc = Params(cupy.asarray(P.flat), H, V, K)
     l_np = loss_and_grads(P, X, Y, h0, ws_np, 1 / B)
     l_cp = loss_and_grads(Pc, cupy.asarray(X), cupy.asarray(Y), cupy.asarray(h0), ws_cp, 1 / B)
-    assert rel(l_cp, l_np) < 1e-12
+    assert rel_diff(l_cp, l_np) < 1e-12
     for name in Params.NAMES:
-        assert rel(getattr(ws_cp.grads, name), getattr(ws_np.grads, name)) < 1e-10, name
+        assert rel_diff(getattr(ws_cp.grads, name), getattr(ws_np.grads, name)) < 1e-10, name
 
 
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-9), ("float32", 2e-3)])
@@ -51,7 +47,7 @@ def test_training_on_gpu_matches_cpu(dtype, tol):
     cfg = TrainConfig(hidden_size=64, seq_length=25, batch_size=4, learning_rate=0.01, dtype=dtype)
     cpu, gpu = Trainer(cfg, corpus), Trainer(cfg.replace(device="gpu"), corpus)
     assert gpu.xp is cupy
-    assert rel(gpu.run(200), cpu.run(200)) < tol
+    assert rel_diff(gpu.run(200), cpu.run(200)) < tol
     assert abs(gpu.evaluate() - cpu.evaluate()) / cpu.evaluate() < tol
 
 
@@ -63,7 +59,7 @@ def test_packed_on_gpu_matches_trials_alone_on_cpu():
     alone = [Trainer(c.replace(device="cpu"), corpus) for c in cfgs]
     losses = pt.run(200)
     for k, tr in enumerate(alone):
-        assert rel(losses[:, k], tr.run(200)) < 1e-9
+        assert rel_diff(losses[:, k], tr.run(200)) < 1e-9
 
 
 CELLS = [("rnn", 2), ("lstm", 1), ("lstm", 2), ("gru", 1), ("gru", 2)]
@@ -90,9 +86,9 @@ def test_every_cell_loss_and_gradients_match_numpy(cell, layers, K):
     Pc = Params(cupy.asarray(P.flat), H, V, K, cell, layers)
     l_np = loss_and_grads(P, X, Y, h0, ws_np, 1 / B, masks)
     l_cp = loss_and_grads(Pc, cupy.asarray(X), cupy.asarray(Y), cupy.asarray(h0), ws_cp, 1 / B, cupy.asarray(masks))
-    assert rel(l_cp, l_np) < 1e-12
+    assert rel_diff(l_cp, l_np) < 1e-12
     for name in P.names:
-        assert rel(getattr(ws_cp.grads, name), getattr(ws_np.grads, name)) < 1e-10, name
+        assert rel_diff(getattr(ws_cp.grads, name), getattr(ws_np.grads, name)) < 1e-10, name
 
 
 @pytest.mark.parametrize("cell,layers", CELLS)
@@ -104,7 +100,7 @@ def test_every_cell_trains_on_gpu_as_on_cpu_float32(cell, layers, optimizer):
                       dropout=0.2)
     cpu, gpu = Trainer(cfg, corpus), Trainer(cfg.replace(device="gpu"), corpus)
     assert gpu.xp is cupy
-    assert rel(gpu.run(100), cpu.run(100)) < 2e-3
+    assert rel_diff(gpu.run(100), cpu.run(100)) < 2e-3
     assert abs(gpu.evaluate() - cpu.evaluate()) / cpu.evaluate() < 2e-3
     assert len(gpu.sample(50, prime="The")) == 53
 
@@ -119,4 +115,4 @@ def test_packed_cells_on_gpu_match_trials_alone_on_cpu(cell):
     alone = [Trainer(c.replace(device="cpu"), corpus) for c in cfgs]
     losses = pt.run(100)
     for k, tr in enumerate(alone):
-        assert rel(losses[:, k], tr.run(100)) < 1e-9
+        assert rel_diff(losses[:, k], tr.run(100)) < 1e-9

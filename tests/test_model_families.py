@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import assert_same_state
 from rnncore import CheckpointError, TrainConfig, Trainer, checkpoint, make_corpus
 from rnncore.trainer import PackedTrainer
 
@@ -27,18 +28,6 @@ def cfg_for(cell: str, optimizer: str, **kw) -> TrainConfig:
     base = dict(cell=cell, num_layers=2, hidden_size=16, seq_length=12, batch_size=3, optimizer=optimizer,
                 learning_rate=0.05 if optimizer == "adagrad" else 3e-3, iterations=80)
     return TrainConfig(**{**base, **kw})
-
-
-def assert_same_state(a, b):
-    assert a.params.names == b.params.names
-    for name in a.params.names:
-        np.testing.assert_array_equal(getattr(a.params, name), getattr(b.params, name), err_msg=name)
-        np.testing.assert_array_equal(getattr(a.mem, name), getattr(b.mem, name), err_msg="m" + name)
-        if a.mom is not None or b.mom is not None:
-            np.testing.assert_array_equal(getattr(a.mom, name), getattr(b.mom, name), err_msg="mom" + name)
-    np.testing.assert_array_equal(a.h, b.h)
-    assert (a.p, a.iteration, a.smooth_loss) == (b.p, b.iteration, b.smooth_loss)
-    assert a.rng.bit_generator.state == b.rng.bit_generator.state
 
 
 CASES = [(cell, opt, sched, drop, dtype)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import rel_diff
 from rnncore import TrainConfig, Trainer, make_corpus
 from rnncore.model import Params, Workspace, loss_and_grads
 from rnncore.trainer import PackedTrainer, init_state
@@ -18,11 +19,6 @@ TEXT = (Path(__file__).resolve().parents[1] / "data" / "tinyshakespeare.txt").re
 @pytest.fixture(scope="module")
 def corpus():
     return make_corpus(TEXT, 0.1)
-
-
-def rel(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
 
 
 def member_cfgs(H=64, B=2, lrs=(0.01, 0.02, 0.005), **kw):
@@ -49,8 +45,8 @@ def test_one_packed_step_equals_each_trial_alone(corpus):
         alone = loss_and_grads(st.params, X, Y, h0[k], ws1, 1 / B)
         assert abs(packed[k] - alone) / abs(alone) < 1e-12
         for name in Params.NAMES:
-            assert rel(getattr(ws.grads, name)[k], getattr(ws1.grads, name)) < 1e-12, name
-        assert rel(ws.hs[-1][k], ws1.hs[-1]) < 1e-12
+            assert rel_diff(getattr(ws.grads, name)[k], getattr(ws1.grads, name)) < 1e-12, name
+        assert rel_diff(ws.hs[-1][k], ws1.hs[-1]) < 1e-12
 
 
 @pytest.mark.parametrize("H", [64, 100])
@@ -69,10 +65,10 @@ def test_packed_run_matches_trials_alone_for_1000_iterations(corpus, H):
     for k, tr in enumerate(alone):
         st = pt.member_state(k)
         for a, b in zip(st.params.arrays(), tr.state.params.arrays()):
-            assert rel(a, b) < 1e-9
-        assert rel(st.mem.flat, tr.state.mem.flat) < 1e-9
+            assert rel_diff(a, b) < 1e-9
+        assert rel_diff(st.mem.flat, tr.state.mem.flat) < 1e-9
         assert st.p == tr.state.p and st.iteration == tr.state.iteration
-    assert rel(pt.evaluate(), [tr.evaluate() for tr in alone]) < 1e-9
+    assert rel_diff(pt.evaluate(), [tr.evaluate() for tr in alone]) < 1e-9
 
 
 def test_a_diverging_member_is_masked_without_disturbing_the_others(corpus):
@@ -88,7 +84,7 @@ def test_a_diverging_member_is_masked_without_disturbing_the_others(corpus):
     assert pt.member_state(1).iteration == hit  # its final state is the one that diverged
     for k, tr in zip((0, 2), alone):
         ref = tr.run(200)
-        assert rel(losses[:, k], ref) < 1e-9
+        assert rel_diff(losses[:, k], ref) < 1e-9
         assert np.all(np.isfinite(pt.params.flat)), "a frozen slot must not carry NaN or inf"
 
 
@@ -104,7 +100,7 @@ def test_freezing_a_member_keeps_its_state_and_the_others_going(corpus):
     assert pt.iteration == 60 and pt.member_state(1).iteration == 60
     ref = Trainer(cfgs[1], corpus)
     ref.run(60)
-    assert rel(pt.member_state(1).params.flat, ref.state.params.flat) < 1e-9
+    assert rel_diff(pt.member_state(1).params.flat, ref.state.params.flat) < 1e-9
 
 
 def test_packed_member_checkpoint_continues_alone(corpus, tmp_path):
@@ -118,7 +114,7 @@ def test_packed_member_checkpoint_continues_alone(corpus, tmp_path):
     tr = Trainer(ck.cfg, corpus, ck.state)
     ref = Trainer(cfgs[1], corpus)
     ref.run(40)
-    assert rel(tr.run(20), ref.run(20)) < 1e-9
+    assert rel_diff(tr.run(20), ref.run(20)) < 1e-9
 
 
 def test_members_must_share_shapes(corpus):
@@ -174,7 +170,7 @@ def test_a_packed_sweep_gives_each_trial_its_row_and_run_with_the_numbers_it_get
     plain = pd.read_parquet(tmp_path / "out/plain/trials.parquet").sort_values("trial_id")
     assert list(packed.trial_id) == ["t0000", "t0001", "t0002", "t0003"] and set(packed.status) == {"finished"}
     assert packed[["hidden_size", "learning_rate", "seed"]].equals(plain[["hidden_size", "learning_rate", "seed"]])
-    assert rel(packed.val_loss.to_numpy(), plain.val_loss.to_numpy()) < 1e-9
+    assert rel_diff(packed.val_loss.to_numpy(), plain.val_loss.to_numpy()) < 1e-9
     history = pd.read_parquet(tmp_path / "out/packed/history.parquet")
     assert history.groupby("trial_id").size().tolist() == [3, 3, 3, 3]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")

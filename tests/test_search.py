@@ -11,8 +11,9 @@
 - --resume after the driver was killed (Optuna: SIGKILL; PBT: Ctrl-C after an exploit): the sweep ends with
   one row and one MLflow child per trial, none RUNNING, and its report.
 
-Every Ray run has a clean environment and a private RAY_TMPDIR (conftest.py); helpers come from
-test_sweep.py (tables, MLflow) and test_faults.py (background driver, killing a run's leftovers by PID).
+Every Ray run has a clean environment and a private RAY_TMPDIR (conftest.py); helpers come from helpers.py
+(sweep files, tables), test_sweep.py (running a sweep, MLflow) and test_faults.py (background driver, killing a
+run's leftovers by PID).
 """
 from __future__ import annotations
 
@@ -29,9 +30,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from test_config import edit
+from helpers import edit, read_history, read_trials, write_sweep
 from test_faults import Driver, kill_run_processes
-from test_sweep import CORPUS_CHARS, PARENT_TAG, Mlflow, SweepRun, run_sweep, write_sweep
+from test_sweep import CORPUS_CHARS, PARENT_TAG, Mlflow, SweepRun, run_sweep
 
 LR_RANGE = (0.001, 0.5)
 PBT_FACTORS = (1.2, 0.8)  # Ray's default perturbation_factors
@@ -116,8 +117,7 @@ def _changes_text(changes: str) -> dict[str, tuple[float, float]]:
 def assert_pbt_consistent(out: Path, num_trials: int, iterations: int, eval_every: int,
                           resample_probability: float) -> pd.DataFrame:
     """The tables of a finished PBT sweep agree with each other; returns the exploits (at least one)."""
-    t = pd.read_parquet(out / "trials.parquet").sort_values("trial_id", ignore_index=True)
-    h = pd.read_parquet(out / "history.parquet").sort_values(["trial_id", "iteration"], ignore_index=True)
+    t, h = read_trials(out), read_history(out)
     assert (out / "exploits.parquet").exists(), "no trial was exploited: the test proves nothing"
     schema = pq.read_schema(out / "exploits.parquet")
     assert {n: schema.field(n).type for n in schema.names} == EXPLOITS_TYPES
@@ -248,7 +248,7 @@ def wait_for_text(driver: Driver, path: Path, text: str, what: str, timeout: flo
 
 def assert_resumed_sweep_complete(cwd: Path, experiment: str, num_trials: int, iterations: int) -> pd.DataFrame:
     out = cwd / "out"
-    t = pd.read_parquet(out / "trials.parquet").sort_values("trial_id", ignore_index=True)
+    t = read_trials(out)
     assert list(t["trial_id"]) == _ids(num_trials)
     assert set(t["status"]) <= {"finished", "stopped"}, t[["trial_id", "status"]]
     h = pd.read_parquet(out / "history.parquet")
@@ -283,9 +283,7 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, corpus_text) -> P
 def _load(folder: Path, sweep: dict[str, Any] | str):
     from pipeline.config import load_sweep
 
-    path = folder / "sweep.yaml"
-    path.write_text(sweep if isinstance(sweep, str) else yaml.safe_dump(sweep, sort_keys=False), encoding="utf-8")
-    return load_sweep(path)
+    return load_sweep(write_sweep(folder, sweep))
 
 
 def test_optuna_sweeps_load_in_both_forms(workspace: Path) -> None:

@@ -26,6 +26,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from helpers import edit, read_history, read_trials, write_sweep
+
 LN2 = math.log(2.0)
 CORPUS_CHARS = 20_000
 SWEEP_TAG = "rnnsweep.sweep_id"
@@ -94,14 +96,6 @@ MLFLOW_METRICS = ("train_loss", "val_loss", "val_bpc", "chars_per_sec")
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def write_sweep(folder: Path, sweep: dict[str, Any], corpus: str, name: str = "sweep.yaml") -> Path:
-    """The corpus as corpus.txt and the sweep file, in `folder`; returns the sweep file's path."""
-    (folder / "corpus.txt").write_text(corpus, encoding="utf-8")
-    path = folder / name
-    path.write_text(yaml.safe_dump(sweep, sort_keys=False), encoding="utf-8")
-    return path
-
-
 @dataclass
 class SweepRun:
     cwd: Path
@@ -117,11 +111,10 @@ class SweepRun:
         return f"sqlite:///{self.cwd / 'mlflow.db'}"
 
     def trials(self) -> pd.DataFrame:
-        return pd.read_parquet(self.output / "trials.parquet").sort_values("trial_id", ignore_index=True)
+        return read_trials(self.output)
 
     def history(self) -> pd.DataFrame:
-        return pd.read_parquet(self.output / "history.parquet").sort_values(["trial_id", "iteration"],
-                                                                             ignore_index=True)
+        return read_history(self.output)
 
     def mlflow(self) -> "Mlflow":
         return Mlflow.read(self.uri, experiment=yaml.safe_load(self.sweep_file.read_text())["name"])
@@ -523,16 +516,6 @@ def test_packs_group_trials_by_the_shape_options() -> None:
 # ------------------------------------------------------------------------------------- bad sweep files
 
 
-def _set(dotted: str, value: Any) -> Callable[[dict], None]:
-    def change(sweep: dict) -> None:
-        *parents, last = dotted.split(".")
-        node = sweep
-        for p in parents:
-            node = node[p]
-        node[last] = value
-    return change
-
-
 def _touch(relative: str, text: str = "") -> Callable[[Path], None]:
     def setup(folder: Path) -> None:
         path = folder / relative
@@ -541,44 +524,41 @@ def _touch(relative: str, text: str = "") -> Callable[[Path], None]:
     return setup
 
 
-def _pbt(mutations: dict[str, Any]) -> Callable[[dict], None]:
+def _pbt(mutations: dict[str, Any]) -> Callable[[dict], dict]:
     """PBT over BAD_BASE's population of 2, with these mutations (room to perturb: 200 iterations)."""
-    def change(sweep: dict) -> None:
-        _set("train.iterations", 200)(sweep)
-        _set("scheduler", {"type": "pbt", "perturbation_interval": 50, "mutations": mutations})(sweep)
-    return change
+    return edit(train__iterations=200, scheduler={"type": "pbt", "perturbation_interval": 50, "mutations": mutations})
 
 
 BAD_BASE: dict[str, Any] = {**FIFO, "name": "bad", "train": {**FIFO["train"], "iterations": 50}}
 
 # id, change to the sweep, setup of the working dir, key the message must name, further words it must contain
 BAD_CASES = [
-    pytest.param(_set("shceduler", {"type": "fifo"}), None, "shceduler", ["'scheduler'"], id="unknown_key"),
-    pytest.param(_set("train.hidden_sise", 16), None, "train.hidden_sise", ["'hidden_size'"], id="unknown_train_key"),
-    pytest.param(_set("train.hidden_size", 0), None, "train.hidden_size", ["> 0"], id="hidden_size_0"),
-    pytest.param(_set("train.learning_rate", {"loguniform": [0.3, 0.01]}), None, "train.learning_rate.loguniform",
+    pytest.param(edit(shceduler={"type": "fifo"}), None, "shceduler", ["'scheduler'"], id="unknown_key"),
+    pytest.param(edit(train__hidden_sise=16), None, "train.hidden_sise", ["'hidden_size'"], id="unknown_train_key"),
+    pytest.param(edit(train__hidden_size=0), None, "train.hidden_size", ["> 0"], id="hidden_size_0"),
+    pytest.param(edit(train__learning_rate={"loguniform": [0.3, 0.01]}), None, "train.learning_rate.loguniform",
                  ["low < high"], id="low_above_high"),
-    pytest.param(_set("train.learning_rate", {"loguniform": [0.1, 0.1]}), None, "train.learning_rate.loguniform",
+    pytest.param(edit(train__learning_rate={"loguniform": [0.1, 0.1]}), None, "train.learning_rate.loguniform",
                  ["low < high"], id="low_equals_high"),
-    pytest.param(_set("data.path", "missing.txt"), None, "data.path", ["missing.txt"], id="missing_corpus"),
-    pytest.param(_set("train.seq_length", 100_000), None, "train.seq_length", ["training split"],
+    pytest.param(edit(data__path="missing.txt"), None, "data.path", ["missing.txt"], id="missing_corpus"),
+    pytest.param(edit(train__seq_length=100_000), None, "train.seq_length", ["training split"],
                  id="seq_length_longer_than_training_split"),
-    pytest.param(_set("output", "out"), _touch("out", "not a folder"), "output", ["existing file"],
+    pytest.param(edit(output="out"), _touch("out", "not a folder"), "output", ["existing file"],
                  id="output_is_a_file"),
-    pytest.param(_set("output", "out"), _touch("out/trials.parquet"), "--resume", ["output", "new folder"],
+    pytest.param(edit(output="out"), _touch("out/trials.parquet"), "--resume", ["output", "new folder"],
                  id="output_holds_a_sweep"),
-    pytest.param(_set("train.cell", "lstn"), None, "train.cell", ["must be one of rnn, lstm, gru", "'lstn'",
+    pytest.param(edit(train__cell="lstn"), None, "train.cell", ["must be one of rnn, lstm, gru", "'lstn'",
                                                                   "did you mean 'lstm'?"], id="unknown_cell"),
-    pytest.param(_set("train.dropout", 1.0), None, "train.dropout", ["must be in [0, 1)", "dropout=1.0", "use 0"],
+    pytest.param(edit(train__dropout=1.0), None, "train.dropout", ["must be in [0, 1)", "dropout=1.0", "use 0"],
                  id="dropout_1"),
-    pytest.param(_set("train.dropout", -0.1), None, "train.dropout", ["must be in [0, 1)", "dropout=-0.1", "use 0"],
+    pytest.param(edit(train__dropout=-0.1), None, "train.dropout", ["must be in [0, 1)", "dropout=-0.1", "use 0"],
                  id="dropout_negative"),
-    pytest.param(_set("train.num_layers", 0), None, "train.num_layers", ["must be >= 1", "num_layers=0", "use 1"],
+    pytest.param(edit(train__num_layers=0), None, "train.num_layers", ["must be >= 1", "num_layers=0", "use 1"],
                  id="num_layers_0"),
-    pytest.param(_set("train.warmup", 60), None, "train.warmup",
+    pytest.param(edit(train__warmup=60), None, "train.warmup",
                  ["warmup must be <= iterations", "warmup=60 with iterations=50", "lower warmup"],
                  id="warmup_beyond_iterations"),
-    pytest.param(_set("train.warmup", {"randint": [0, 100]}), None, "train.warmup",
+    pytest.param(edit(train__warmup={"randint": [0, 100]}), None, "train.warmup",
                  ["warmup=99 with iterations=50", "the largest warmup the search can draw", "lower warmup"],
                  id="searched_warmup_beyond_iterations"),
     pytest.param(_pbt({"num_layers": {"choice": [1, 2]}}), None,
@@ -587,9 +567,9 @@ BAD_CASES = [
     pytest.param(_pbt({"cell": {"choice": ["rnn", "lstm"]}}), None,
                  "scheduler.mutations.cell", ["cannot change while a trial trains", "search it under train:"],
                  id="pbt_mutates_cell"),
-    pytest.param(_set("resources", {"cpu": 1, "gpu": 1}), None, "resources.gpu", ["GPU"],
+    pytest.param(edit(resources={"cpu": 1, "gpu": 1}), None, "resources.gpu", ["GPU"],
                  id="gpu_not_in_cluster", marks=pytest.mark.slow),  # starts Ray to read its resources
-    pytest.param(lambda s: (_set("train.device", "gpu")(s), _set("resources", {"cpu": 1, "gpu": 0.5})(s)), None,
+    pytest.param(edit(train__device="gpu", resources={"cpu": 1, "gpu": 0.5}), None,
                  "train.device", ["CuPy", "pip install"], id="gpu_device_without_cupy",
                  marks=[pytest.mark.slow, pytest.mark.skipif(importlib.util.find_spec("cupy") is not None,
                                                              reason="CuPy is installed here")]),
