@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import tempfile
 from typing import Any, Sequence
 
+from . import tracking, vocab
 from .report import ReportError, SweepResults, fmt_value, load_results, resolve_tracking_uri
 
 __all__ = ["SampleError", "pick_trial", "download_checkpoint", "sample_trial", "main", "CHECKPOINT_ARTIFACT"]
@@ -28,12 +28,6 @@ class SampleError(Exception):
     """Nothing to sample from; the message says why and what to pass instead (exit code 2)."""
 
 
-def normalise_trial_id(trial: str) -> str:
-    """t0003 as is; 3, 0003 and t3 become t0003 (the sweep's trial ids)."""
-    m = re.fullmatch(r"[tT]?(\d+)", trial.strip())
-    return f"t{int(m.group(1)):04d}" if m else trial.strip()
-
-
 def pick_trial(res: SweepResults, trial: str | None = None) -> dict[str, Any]:
     """The row of trial `trial`, or of the best trial (the sweep's metric and mode) when None."""
     ids = list(res.trials["trial_id"])
@@ -43,7 +37,7 @@ def pick_trial(res: SweepResults, trial: str | None = None) -> dict[str, Any]:
             raise SampleError(f"{res.output}: no trial has finished with a finite {res.metric} yet, so there is "
                               f"no best trial; pass --trial with one of: {', '.join(ids) or '(none)'}")
         return best.to_dict()
-    key = normalise_trial_id(trial)
+    key = vocab.parse_trial_key(trial)
     if key not in ids:
         raise SampleError(f"unknown trial {trial!r} in {res.output}; valid trial ids: {', '.join(ids) or '(none)'}")
     return res.trials[res.trials["trial_id"] == key].iloc[0].to_dict()
@@ -51,31 +45,10 @@ def pick_trial(res: SweepResults, trial: str | None = None) -> dict[str, Any]:
 
 def download_checkpoint(run_id: str, uri: str, dst: str) -> str:
     """Download model/checkpoint.npz of an MLflow run into dst; the local path."""
-    from .tracking import check_server
-
     try:
-        check_server(uri, timeout_s=10.0)
-    except Exception as e:  # noqa: BLE001 - TrackingError
+        return tracking.download_artifact(uri, run_id, CHECKPOINT_ARTIFACT, dst)
+    except tracking.TrackingError as e:
         raise SampleError(str(e)) from None
-    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
-        raise SampleError(f"no MLflow store at {uri[len('sqlite:///'):]}; pass --tracking-uri, or set "
-                          "MLFLOW_TRACKING_URI to the store the sweep logged to")
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    try:
-        client.get_run(run_id)
-    except Exception as e:  # noqa: BLE001 - MlflowException: run not in this store
-        raise SampleError(f"MLflow run {run_id} is not in the store at {uri} ({type(e).__name__}); pass the "
-                          "sweep's store with --tracking-uri or MLFLOW_TRACKING_URI") from None
-    try:
-        path = client.download_artifacts(run_id, CHECKPOINT_ARTIFACT, dst)
-    except Exception as e:  # noqa: BLE001 - missing artifact: MlflowException or OSError by store
-        raise SampleError(f"MLflow run {run_id} has no {CHECKPOINT_ARTIFACT} ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else 'not found'})") from None
-    if not os.path.isfile(path):
-        raise SampleError(f"MLflow run {run_id} has no {CHECKPOINT_ARTIFACT}")
-    return path
 
 
 def sample_trial(output_dir: str | os.PathLike, trial: str | None = None, *, length: int = 500,
@@ -98,8 +71,7 @@ def sample_trial(output_dir: str | os.PathLike, trial: str | None = None, *, len
         try:
             path = download_checkpoint(run_id, uri, d)
         except SampleError as e:
-            hint = "" if status in ("finished", "stopped", "diverged", "failed") else \
-                " (checkpoints are logged when a trial ends)"
+            hint = "" if status in vocab.CLOSED else " (checkpoints are logged when a trial ends)"
             raise SampleError(f"trial {tid} ({status}) has no checkpoint: {e}{hint}") from None
         try:
             text = generate(path, length, temperature, prime, seed)

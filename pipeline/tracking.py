@@ -332,3 +332,57 @@ def _params(d: Mapping[str, Any]) -> list:
     from mlflow.entities import Param
 
     return [Param(k, str(v)[:6000]) for k, v in d.items()]
+
+
+# ---- used by pipeline.report and pipeline.sample
+# Read-only consumers of a finished (or running) sweep's runs: find the sweep's parent run, log the report to it,
+# fetch a trial's checkpoint. Each raises TrackingError with the store's URI and what to pass instead.
+
+
+def open_store(uri: str, timeout_s: float = 5.0):
+    """An MlflowClient for an existing store: a server that answers, or a sqlite file that exists."""
+    check_server(uri, timeout_s=timeout_s)
+    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
+        raise TrackingError(f"no MLflow store at {uri[len('sqlite:///'):]}; pass --tracking-uri, or set "
+                            "MLFLOW_TRACKING_URI to the store the sweep logged to")
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def find_parent_run(uri: str, run_ids: list[str]) -> str | None:
+    """The sweep's parent run: the `mlflow.parentRunId` tag of the first of its trials' runs in the store."""
+    client = open_store(uri)
+    for rid in run_ids:
+        try:
+            parent = client.get_run(str(rid)).data.tags.get("mlflow.parentRunId")
+        except Exception:  # noqa: BLE001 - a deleted run, another store: try the next trial
+            continue
+        if parent:
+            return parent
+    return None
+
+
+def log_files(uri: str, run_id: str, paths: list[str], artifact_dir: str) -> None:
+    """Log local files under artifact_dir of a run (the report's files on the sweep's parent run)."""
+    client = open_store(uri)
+    for path in paths:
+        client.log_artifact(run_id, path, artifact_dir)
+
+
+def download_artifact(uri: str, run_id: str, artifact_path: str, dst: str) -> str:
+    """Download one artifact of a run into dst, from wherever the run's artifacts live; the local path."""
+    client = open_store(uri, timeout_s=10.0)
+    try:
+        client.get_run(run_id)
+    except Exception as e:  # noqa: BLE001 - MlflowException: run not in this store
+        raise TrackingError(f"MLflow run {run_id} is not in the store at {uri} ({type(e).__name__}); pass the "
+                            "sweep's store with --tracking-uri or MLFLOW_TRACKING_URI") from None
+    try:
+        path = client.download_artifacts(run_id, artifact_path, dst)
+    except Exception as e:  # noqa: BLE001 - missing artifact: MlflowException or OSError by store
+        raise TrackingError(f"MLflow run {run_id} has no {artifact_path} ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else 'not found'})") from None
+    if not os.path.isfile(path):
+        raise TrackingError(f"MLflow run {run_id} has no {artifact_path}")
+    return path

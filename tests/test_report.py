@@ -138,21 +138,35 @@ def test_best_block_parses_and_matches_the_best_row(small):
 
 
 def test_importance_table_states_its_method(small):
+    import optuna
+
     section = _section(small["md"], "Hyperparameter importance")
-    assert "Method:" in section and "eta²" in section and "R²" in section
+    # the method, the library that computed it and the trials it rests on (5 ranked: the diverged one is out)
+    assert f"Method: PED-ANOVA (optuna {optuna.__version__} `PedAnovaImportanceEvaluator`) on 5 ranked trials" \
+        in section
+    assert "the top 3 of them by val_loss" in section
     head, rows = _table_rows(section)
+    assert head[:5] == ["hyperparameter", "search", "distribution", "PED-ANOVA score", "share"]
     by_name = {r[0]: r for r in rows}
     assert set(by_name) == {"hidden_size", "learning_rate"}
-    assert "eta²" in by_name["hidden_size"][2]
-    assert "log10" in by_name["learning_rate"][2]
-    for r in rows:
-        assert re.fullmatch(r"\d+%|n/a", r[4])
+    # each option as the study saw it: the grid as categories, the loguniform range on a log scale
+    assert by_name["hidden_size"][1:3] == ["grid_search", "categorical [16, 32]"]
+    assert by_name["learning_rate"][1:3] == ["loguniform", "float in [0.003, 0.3], log scale"]
+    # the ranked trials are in learning-rate order (0.055, 0.021, 0.012 on top; 0.0078, 0.0041 below) while
+    # both sizes are among the top three: learning_rate drives the metric and ranks first
+    assert rows[0][0] == "learning_rate"
+    assert float(rows[0][3]) > float(rows[1][3]) >= 0
+    shares = [int(r[4].rstrip("%")) for r in rows]
+    assert all(re.fullmatch(r"\d+%", r[4]) for r in rows) and abs(sum(shares) - 100) <= 1
 
 
 def test_sweep_file_and_plots_listed(small):
-    assert "loguniform" in _section(small["md"], "Sweep file")
-    plots = _section(small["md"], "Plots")
-    assert "learning_curves.png" in plots and "bpc_vs_learning_rate.png" in plots
+    stored = re.search(r"```yaml\n(.*?)```", _section(small["md"], "Sweep file"), re.S).group(1)
+    assert yaml.safe_load(stored) == yaml.safe_load(load_results(small["out"]).sweep_text)  # the file as run
+    assert yaml.safe_load(stored)["train"]["learning_rate"] == {"loguniform": [0.003, 0.3]}
+    listed = re.findall(r"^- `([^`]+)`", _section(small["md"], "Plots"), re.M)
+    assert listed == ["learning_curves.png", "bpc_vs_hidden_size.png", "bpc_vs_learning_rate.png"]
+    assert sorted(listed) == sorted(p.name for p in small["report"].glob("*.png"))  # each listed plot exists
 
 
 def test_artifacts_on_the_parent_run(small):
@@ -161,11 +175,13 @@ def test_artifacts_on_the_parent_run(small):
     client = MlflowClient(tracking_uri=small["uri"])
     logged = {os.path.basename(f.path) for f in client.list_artifacts(small["parent"], "report")}
     assert {"report.md", "learning_curves.png", "bpc_vs_hidden_size.png", "bpc_vs_learning_rate.png"} <= logged
+    assert logged == {"report.md", *(p.name for p in small["report"].glob("*.png"))}  # every file, nothing else
     assert f"parent run `{small['parent']}`" in small["md"]
-    child = small["md"]  # nothing was logged to a child run
-    assert child
-    rid = pd.read_parquet(small["out"] / "trials.parquet")["mlflow_run_id"].iloc[0]
-    assert not client.list_artifacts(rid, "report")
+    # the logged report.md is the one written to the folder
+    got = client.download_artifacts(small["parent"], "report/report.md", str(small["root"] / "downloaded"))
+    assert Path(got).read_text(encoding="utf-8") == small["md"]
+    for rid in pd.read_parquet(small["out"] / "trials.parquet")["mlflow_run_id"]:  # nothing on a child run
+        assert not client.list_artifacts(rid, "report"), rid
 
 
 def test_unreachable_mlflow_still_writes_the_files(small, tmp_path, capsys):
@@ -174,8 +190,11 @@ def test_unreachable_mlflow_still_writes_the_files(small, tmp_path, capsys):
     for f in ("trials.parquet", "history.parquet"):
         (out / f).write_bytes((small["out"] / f).read_bytes())
     report = write_report(out, tracking_uri="http://127.0.0.1:9")
-    assert "warning:" in capsys.readouterr().err
-    assert (report / "report.md").exists()
+    err = capsys.readouterr().err
+    assert "warning: MLflow at http://127.0.0.1:9 cannot be used" in err and "not logged" in err
+    md = (report / "report.md").read_text(encoding="utf-8")
+    assert "MLflow: parent run" not in md  # no run named: nothing was logged
+    assert _section(md, "Leaderboard") == _section(small["md"], "Leaderboard")  # the same results otherwise
     _assert_png(report / "learning_curves.png")
 
 
@@ -201,6 +220,11 @@ def test_realistic_sweep_draws_the_heatmap(tmp_path):
     assert len(rows) == 10
     imp = {r[0]: r for r in _table_rows(_section(md, "Hyperparameter importance"))[1]}
     assert list(imp)[0] == "learning_rate"  # the surface's dominant term comes out on top
+    assert set(imp) == {"hidden_size", "seq_length", "learning_rate"}
+    df = pd.read_parquet(out / "trials.parquet")
+    ranked = int(df["status"].isin(["finished", "stopped"]).sum())
+    assert ranked == 16  # 18 trials: the diverged one and the failed one are out
+    assert f"on {ranked} ranked trials" in _section(md, "Hyperparameter importance")
 
 
 def test_one_trial_sweep(tmp_path):
@@ -214,7 +238,9 @@ def test_one_trial_sweep(tmp_path):
     _assert_png(report / "bpc_vs_learning_rate.png")
     md = (report / "report.md").read_text()
     assert len(_table_rows(_section(md, "Leaderboard"))[1]) == 1
-    assert "n/a" in _section(md, "Hyperparameter importance")
+    importance = _section(md, "Hyperparameter importance")
+    assert "on 1 ranked trial " in importance and "needs at least 4 ranked trials" in importance
+    assert [r[4] for r in _table_rows(importance)[1]] == ["n/a"]
     assert yaml.safe_load(re.search(r"```yaml\n(.*?)```", md, re.S).group(1))["train"]["learning_rate"] == 0.03
 
 
@@ -244,7 +270,70 @@ def test_failed_and_diverged_only(tmp_path):
     trials, history = build_trials(specs, base=SMALL_BASE)
     write_sweep(out, text, trials, history)
     report = write_report(out, log_to_mlflow=False)
-    assert (report / "report.md").exists() and (report / "bpc_vs_learning_rate.png").exists()
+    for name in ("learning_curves.png", "bpc_vs_hidden_size.png", "bpc_vs_learning_rate.png"):
+        _assert_png(report / name)  # drawn with what there is: the diverged trial's curve, x markers
+    md = (report / "report.md").read_text()
+    counts = {r[0]: r[1] for r in _table_rows(_section(md, "Trials by status"))[1]}
+    assert counts == {"diverged": "1", "failed": "1", "**total**": "2"}
+    assert "No trial has finished" in _section(md, "Leaderboard")
+    assert "None yet" in _section(md, "Best configuration")
+    importance = _section(md, "Hyperparameter importance")
+    assert "on 0 ranked trials" in importance and "needs at least 4 ranked trials" in importance
+    assert {r[0]: r[4] for r in _table_rows(importance)[1]} == {"hidden_size": "n/a", "learning_rate": "n/a"}
+
+
+def _lr(i: int) -> float:
+    return (0.004, 0.009, 0.02, 0.04, 0.08, 0.15)[i % 6]
+
+
+# case -> (train: searched options, trial specs, the importance note, {option: (share, row note)})
+IMPORTANCE_CASES = {
+    "one option searched": (
+        {"learning_rate": {"loguniform": [0.003, 0.3]}},
+        [{"learning_rate": _lr(i), "status": "finished", "final": 2.0 - 0.1 * i} for i in range(6)],
+        "", {"learning_rate": ("100%", "")}),
+    "the metric is constant": (
+        SMALL_TRAIN,
+        [{"hidden_size": (16, 32)[i % 2], "learning_rate": _lr(i), "status": "finished", "final": 1.9}
+         for i in range(6)],
+        "val_loss is the same for every ranked trial", {"hidden_size": ("n/a", "the metric does not vary"),
+                                                         "learning_rate": ("n/a", "the metric does not vary")}),
+    "one value ranked": (  # every trial of size 32 diverged: among the ranked ones the size does not vary
+        SMALL_TRAIN,
+        [{"hidden_size": (16, 32)[i % 2], "learning_rate": _lr(i), "status": "finished" if i % 2 == 0 else
+          "diverged", "final": 2.0 - 0.1 * i, "stop_at": 500} for i in range(10)],
+        "", {"learning_rate": ("100%", ""), "hidden_size": ("n/a", "one value tried")}),
+    "three ranked trials": (
+        SMALL_TRAIN,
+        [{"hidden_size": (16, 32)[i % 2], "learning_rate": _lr(i), "status": "finished", "final": 2.0 - 0.1 * i}
+         for i in range(3)],
+        "needs at least 4 ranked trials to compare the top ones with the rest, but there are 3",
+        {"hidden_size": ("n/a", "too few trials"), "learning_rate": ("n/a", "too few trials")}),
+}
+
+
+@pytest.mark.parametrize("case", list(IMPORTANCE_CASES))
+def test_importance_edge_cases(case, tmp_path):
+    from pipeline.report import importance
+
+    train, specs, note, want = IMPORTANCE_CASES[case]
+    out = tmp_path / "sweep"
+    searched = {k: v for k, v in train.items() if isinstance(v, dict)}
+    text = sweep_yaml("edge", {**searched, **SMALL_BASE}, num_samples=len(specs), output=str(out))
+    write_sweep(out, text, *build_trials(specs, base=SMALL_BASE))
+    res = load_results(out)
+    imp = importance(res)
+    assert imp.method == "PED-ANOVA" and imp.trials == len(res.ranked())
+    assert note in imp.note and bool(note) == bool(imp.note)
+    md = (write_report(out, log_to_mlflow=False) / "report.md").read_text()
+    section = _section(md, "Hyperparameter importance")
+    assert f"on {imp.trials} ranked trial" in section and (not note or note in section)
+    rows = {r[0]: (r[4], r[5]) for r in _table_rows(section)[1]}
+    assert {k: v[0] for k, v in rows.items()} == {k: v[0] for k, v in want.items()}
+    for name, (_, row_note) in want.items():
+        assert row_note in rows[name][1], (name, rows[name])
+    if case == "one option searched":
+        assert "the only option that varied" in imp.rows[0].note and imp.rows[0].score > 0
 
 
 def test_report_and_sample_import_no_ray():
@@ -256,7 +345,10 @@ def test_report_and_sample_import_no_ray():
 def test_report_cli(small, tmp_path):
     r = _run("-m", "pipeline.report", str(small["out"]), "--no-mlflow", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "report.md" in r.stdout
+    assert f"report: {small['report'] / 'report.md'}" in r.stdout
+    files = re.search(r"^files:\s+(.*)$", r.stdout, re.M).group(1).split(", ")
+    assert files == sorted(p.name for p in small["report"].iterdir() if not p.name.startswith("."))
+    assert "warning" not in r.stderr  # --no-mlflow: MLflow is not tried
     assert not (tmp_path / "mlflow.db").exists()
 
 
@@ -321,8 +413,8 @@ def test_sample_errors_are_sample_errors(small):
 def test_load_results_reads_metric_and_searched(small):
     res = load_results(small["out"])
     assert res.metric == "val_loss" and res.mode == "min"
-    assert [(k, v[0]) for k, v in res.searched.items()] == [("hidden_size", "grid_search"),
-                                                             ("learning_rate", "loguniform")]
+    assert [(k, v.kind, v.args) for k, v in res.searched.items()] == [("hidden_size", "grid_search", (16, 32)),
+                                                                       ("learning_rate", "loguniform", (0.003, 0.3))]
     assert res.planned == 6
     assert res.best()["trial_id"] == "t0003"
 
@@ -348,13 +440,16 @@ def test_ranges_text_options_and_another_metric(tmp_path):
     want = df[df["status"].isin(["finished", "stopped"])].sort_values(["val_bpc", "trial_id"])["trial_id"]
     assert [r[head.index("trial")] for r in rows] == list(want[:10])
     imp = {r[0]: r for r in _table_rows(_section(md, "Hyperparameter importance"))[1]}
-    assert "eta²" in imp["dtype"][2] and "log10" in imp["hidden_size"][2] and "log10" not in imp["seq_length"][2]
+    assert imp["dtype"][2] == "categorical [float32, float64]"
+    assert imp["hidden_size"][2] == "int in [16, 512], log scale"  # lograndint's high is exclusive
+    assert imp["seq_length"][2] == "int in [8, 64]"
+    assert "on 12 ranked trials" in _section(md, "Hyperparameter importance")
 
 
 def test_model_family_options_are_plotted_labelled_and_in_the_best_block(tmp_path):
     """cell, num_layers and dropout searched, the optimizer and schedule fixed: each searched one gets its plot,
     its importance row and its short label; the best block holds every option."""
-    from pipeline.report import _short_config
+    from pipeline.report import short_config
 
     out = tmp_path / "family"
     base = {**SMALL_BASE, "optimizer": "adam", "learning_rate": 0.002, "lr_schedule": "cosine", "warmup": 100}
@@ -370,14 +465,15 @@ def test_model_family_options_are_plotted_labelled_and_in_the_best_block(tmp_pat
     for name in ("bpc_vs_cell.png", "bpc_vs_num_layers.png", "bpc_vs_dropout.png"):
         _assert_png(report / name)
     md = (report / "report.md").read_text()
-    imp = {r[0] for r in _table_rows(_section(md, "Hyperparameter importance"))[1]}
-    assert {"cell", "num_layers", "dropout"} <= imp
+    imp = [r[0] for r in _table_rows(_section(md, "Hyperparameter importance"))[1]]
+    assert set(imp) == {"cell", "num_layers", "dropout"}
+    assert imp[0] == "cell"  # the top three trials are all lstm: the cell moves the loss most
     train_block = yaml.safe_load(re.search(r"```yaml\n(.*?)```", _section(md, "Best configuration"), re.S).group(1))
     best = load_results(out).best()
     assert train_block["train"]["cell"] == best["cell"] == "lstm" and train_block["train"]["num_layers"] == 2
     for name, value in (("optimizer", "adam"), ("lr_schedule", "cosine"), ("warmup", 100)):
         assert train_block["train"][name] == value
-    assert _short_config(best, load_results(out)) == f"lstm L=2 drop={best['dropout']:g}"
+    assert short_config(best, load_results(out)) == f"lstm L=2 drop={best['dropout']:g}"
 
 
 def test_run_names_and_report_labels_share_one_table():
