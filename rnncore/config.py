@@ -118,33 +118,44 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
 }
 
 
+class OptionError(ValueError):
+    """A value that breaks option `name`'s rule. str() is "<name> <rule>"; `rule` is the text after the name."""
+
+    def __init__(self, name: str, rule: str) -> None:
+        self.name, self.rule = name, rule
+        super().__init__(f"{name} {rule}")
+
+    def __reduce__(self):  # pickles with both parts (errors cross process boundaries)
+        return (type(self), (self.name, self.rule))
+
+
 def coerce(name: str, value: Any) -> Any:
-    """Convert `value` to the declared type of `name`, or raise a ValueError that names both."""
+    """Convert `value` to the declared type of `name`, or raise an OptionError that names both."""
     if name not in FIELD_TYPES:
         raise ValueError(unknown_key_message(name))
     t = FIELD_TYPES[name]
     if t is int:
         if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
-            raise ValueError(f"{name} must be an integer, but got {value!r}")
+            raise OptionError(name, f"must be an integer, but got {value!r}")
         return int(value)
     if t is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{name} must be a number, but got {value!r}")
+            raise OptionError(name, f"must be a number, but got {value!r}")
         return float(value)
     if t is str and not isinstance(value, str):
-        raise ValueError(f"{name} must be a string, but got {value!r}")
+        raise OptionError(name, f"must be a string, but got {value!r}")
     return value
 
 
 def check_value(name: str, value: Any) -> None:
-    """Raise ValueError('<name> must ..., but got ...; fix') if `value` breaks the rule for `name`."""
+    """Raise OptionError('<name> must ..., but got ...; fix') if `value` breaks the rule for `name`."""
     value = coerce(name, value)
     ok, rule, fix = _RULES[name]
     if not ok(value):
         if FIELD_TYPES[name] is str:
             close = difflib.get_close_matches(value, rule.removeprefix("must be one of ").split(", "), n=1)
             fix = f"did you mean {close[0]!r}?" if close else fix
-        raise ValueError(f"{name} {rule}, but got {name}={value!r}; {fix}")
+        raise OptionError(name, f"{rule}, but got {name}={value!r}; {fix}")
 
 
 def check_together(values: dict[str, Any]) -> str | None:
