@@ -35,33 +35,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    InstanceOf,
-    PrivateAttr,
-    ValidationError,
-    ValidationInfo,
-    create_model,
-    field_validator,
-)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, InstanceOf, PrivateAttr,
+                      ValidationError, ValidationInfo, create_model, field_validator)
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-from rnncore.config import (
-    FIELD_NAMES,
-    FIELD_TYPES,
-    KINDS,
-    MUTABLE_KEYS,
-    SHAPE,
-    OptionError,
-    TrainConfig,
-    check_together,
-    check_value,
-    coerce,
-)
+from rnncore.config import (FIELD_NAMES, FIELD_TYPES, KINDS, MUTABLE_KEYS, SHAPE, OptionError, TrainConfig,
+                            check_together, check_value, coerce)
 from rnncore.data import Corpus, CorpusError, check_fits, load_corpus
 
 from .space import FLOAT_KINDS, INT_COUNTERPART, SEARCH_KINDS, Domain, DomainError, SearchKind, number_hint, show, unknown
@@ -74,6 +53,7 @@ __all__ = [
 ]
 
 Problem = tuple[str, str]  # (dotted key, "rule, but got value; fix")
+Inner = tuple[tuple[str, ...], str]  # (place inside the value checked, "rule, but got value; fix")
 
 
 class ConfigError(Exception):
@@ -82,22 +62,14 @@ class ConfigError(Exception):
     def __init__(self, problems: Sequence[str], source: str | os.PathLike | None = None) -> None:
         self.problems: list[str] = list(problems)
         self.source: str | None = os.fspath(source) if source is not None else None
-        super().__init__(self._message())
-
-    def _message(self) -> str:
-        n = len(self.problems)
-        where = f" in {self.source}" if self.source else ""
-        head = f"{n} problem{'s' if n != 1 else ''}{where}:"
-        return "\n".join([head, *(f"  - {p}" for p in self.problems)])
-
-    def __str__(self) -> str:
-        return self._message()
+        n, where = len(self.problems), f" in {self.source}" if self.source else ""
+        super().__init__("\n".join([f"{n} problem{'s' if n != 1 else ''}{where}:", *(f"  - {p}" for p in self.problems)]))
 
     def __reduce__(self):  # keeps `problems` intact through pickling (Ray, multiprocessing)
         return (type(self), (self.problems, self.source))
 
 
-def _invalid(problems: Sequence[tuple[tuple[str, ...], str]], value: Any) -> ValidationError:
+def _invalid(problems: Sequence[Inner], value: Any) -> ValidationError:
     """Problems found inside one value, as pydantic's error; each ``(place, text)`` extends the value's own key."""
     return ValidationError.from_exception_data("sweep", [
         {"type": PydanticCustomError("sweep", "{text}", {"text": text}), "loc": place, "input": value}
@@ -121,7 +93,7 @@ def _value_problem(name: str, value: Any) -> str | None:
     return None
 
 
-def _option(name: str, value: Any) -> tuple[Any, list[tuple[tuple[str, ...], str]]]:
+def _option(name: str, value: Any) -> tuple[Any, list[Inner]]:
     """Option ``name`` as the engine takes it: a fixed value (coerced to its type) or a Domain whose every value
     the engine accepts; else the problems, each under its place in the value (a domain's search key)."""
     if not isinstance(value, (Mapping, Domain)):
@@ -268,9 +240,7 @@ class AshaScheduler(_Section):
 def _not_mutable(name: str) -> str:
     """Why PBT cannot mutate option ``name``, and what to do instead (rnncore.config declares each option's kind)."""
     if name not in FIELD_NAMES:
-        close = difflib.get_close_matches(name, FIELD_NAMES, n=1)
-        return f"unknown option; did you mean {close[0]!r}?" if close else \
-            f"unknown option; PBT can mutate {', '.join(MUTABLE_KEYS)}"
+        return unknown(name, MUTABLE_KEYS, "option")
     if KINDS[name] == SHAPE:
         return (f"cannot change while a trial trains, because {name} shapes the model or its training schedule "
                 f"and a PBT copy continues another trial's checkpoint; search it under train: instead (each trial "
@@ -285,7 +255,7 @@ def _mutations(value: Any) -> dict[str, Domain]:
         raise ValueError(f"must map options to search domains, but got {show(value)}; "
                          "write e.g. mutations: {learning_rate: {loguniform: [0.001, 0.3]}}")
     out: dict[str, Domain] = {}
-    problems: list[tuple[tuple[str, ...], str]] = []
+    problems: list[Inner] = []
     for name, spec in value.items():
         key = str(name)
         checked, option_problems = _option(name, spec) if name in MUTABLE_KEYS else (None, [((), _not_mutable(key))])
