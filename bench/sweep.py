@@ -2,6 +2,7 @@
 (b) through `python -m pipeline.sweep` with 2 CPUs, Ray Tune, MLflow logging and Parquet tables.
 
     .venv/bin/python bench/sweep.py [--iterations N]
+    .venv/bin/python bench/sweep.py --against /tmp/base [--rounds 3]   # (b) here and in another checkout
 
 Target on a 2-core machine: (b) <= 0.6 x (a), i.e. at most ~20 % over perfect 2-way scaling.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -77,17 +79,20 @@ def two_processes(iterations: int) -> float:
     return dt
 
 
-def through_pipeline(iterations: int) -> float:
+def through_pipeline(iterations: int, checkout: Path = ROOT, quiet: bool = False) -> float:
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "bench.yaml"
         path.write_text(sweep_yaml(iterations, Path(d) / "out"))
         env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+        env["PYTHONPATH"] = str(checkout)  # that checkout's pipeline and rnncore
         t0 = time.perf_counter()
         r = subprocess.run([sys.executable, "-m", "pipeline.sweep", str(path)], cwd=d, env=env,
                            capture_output=True, text=True)
         dt = time.perf_counter() - t0
         if r.returncode != 0:
             sys.exit(f"sweep failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+        if quiet:
+            return dt
         print("\n".join("  (b) " + l for l in r.stdout.splitlines() if l.startswith("[")), flush=True)
         import pandas as pd
 
@@ -97,13 +102,37 @@ def through_pipeline(iterations: int) -> float:
         return dt
 
 
+def against(other: Path, iterations: int, rounds: int) -> None:
+    """(b) for this checkout and `other`, one after the other, the order flipping every round: the sweep's own
+    cost (start-up, hand-overs, end) compared side by side on the same stretch of the machine's time."""
+    sides = {"this": ROOT, "other": other.resolve()}
+    walls: dict[str, list[float]] = {k: [] for k in sides}
+    through_pipeline(iterations, ROOT, quiet=True)  # a first sweep builds the MLflow store template: not timed
+    for r in range(rounds):
+        for name in (("this", "other") if r % 2 == 0 else ("other", "this")):
+            walls[name].append(through_pipeline(iterations, sides[name], quiet=True))
+            print(f"  round {r + 1} {name} ({sides[name]}): {walls[name][-1]:.1f} s", flush=True)
+    print(f"\n8 trials, {iterations} iterations each, {rounds} rounds\n")
+    print("| checkout | best wall s | median wall s |\n| --- | --- | --- |")
+    for name, path in sides.items():
+        print(f"| {name} ({path}) | {min(walls[name]):.1f} | {statistics.median(walls[name]):.1f} |")
+    ratio = statistics.median(a / b for a, b in zip(walls["this"], walls["other"]))
+    print(f"\nmedian of the per-round ratios this / other: {ratio:.3f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--iterations", type=int, default=8000, help="per trial (8000 is about 15 s here)")
     p.add_argument("--lane", type=int, choices=(0, 1), help=argparse.SUPPRESS)  # one process of (c)
+    p.add_argument("--against", type=Path, metavar="CHECKOUT",
+                   help="instead: (b) of this checkout and of another revision's, rounds alternating")
+    p.add_argument("--rounds", type=int, default=3, help="with --against (default 3)")
     args = p.parse_args()
     if args.lane is not None:
         sequential(args.iterations, range(args.lane, 8, 2))
+        return
+    if args.against:
+        against(args.against, args.iterations, args.rounds)
         return
     print(f"8 trials: H={TRAIN['hidden_size']} T={TRAIN['seq_length']} B={TRAIN['batch_size']} "
           f"{TRAIN['dtype']}, {args.iterations} iterations, eval every {TRAIN['eval_every']}")

@@ -12,9 +12,8 @@ from ray import tune
 
 from . import raycompat
 from .config import SweepConfig
+from .lineage import Lineage
 from .vocab import CLOSED, best, run_name, trial_key
-
-STALE = object()  # PBT: a report of a run that a newer run of the same trial replaced
 
 
 class SweepCallback(tune.Callback):
@@ -25,7 +24,7 @@ class SweepCallback(tune.Callback):
         self.base = cfg.base_values()  # the fixed options every trial starts from
         self.runs: dict[str, str] = {}  # Tune trial id (or packed member id) -> MLflow run id
         self.index: dict[str, int] = {}  # Tune trial id (or packed member id) -> position in generation order
-        self.runs_seen: dict[str, list[str]] = {}  # PBT: trial key -> the run tokens of its runs, newest last
+        self.lineage = Lineage(table, enabled=cfg.scheduler.type == "pbt")
         self.packs: dict[int, tuple[dict, int]] = {}  # packed sweeps: trial index -> (its config, its pack)
         self.members: dict[int, _Member] = {}  # packed trials seen so far
         self.t0 = time.monotonic()
@@ -87,60 +86,19 @@ class SweepCallback(tune.Callback):
         metrics = {k: result[k] for k in ("train_loss", "val_loss", "val_bpc", "chars_per_sec")}
         if "lr" in result:  # the learning rate in force (PBT changes it; MLflow params cannot change)
             metrics["lr"] = result["lr"]
-        branch = self._branch(key, run, result)
-        if branch is STALE:
+        event = self.lineage.observe(key, result)
+        if event.stale:
             return
-        exploit = self._exploited(key, run, result["exploit"], branch) if result.get("exploit") else None
+        self.tracker.record_lineage(run, event)
+        if event.exploit:
+            print(f"{key}: PBT copied {event.exploit.source_trial_id} at iteration {event.exploit.iteration}; "
+                  f"{event.exploit.changes or 'no change'}", flush=True)
         if self.tracker.log_metrics(run, metrics, step=it) and result.get("sample"):
             self.tracker.log_text(run, result["sample"], f"samples/iter_{it:06d}.txt")
         self.table.add_report(key, {"iteration": it, **{k: _num(v) for k, v in metrics.items()},
                                     "elapsed_s": float(result.get("elapsed_s", 0.0)),
-                                    "exploited_from": exploit["source_trial_id"] if exploit else None},
-                              exploit=exploit, branch=branch)
-
-    # PBT -----------------------------------------------------------------------------------------
-    def _branch(self, key: str, run: str, result: dict[str, Any]) -> Any:
-        """Under PBT a trial's run that starts at iteration c (cloned from another trial, or restarted from one
-        of its own checkpoints after a failure or a --resume, which may predate a clone the old driver saw)
-        is the trial's history from c on: returns c for the tables to drop what came after it, and lets MLflow
-        log those steps again. None when this is not the first report of a new run, or without PBT.
-
-        A run stopped for a clone may still deliver reports after its clone started; they are dropped."""
-        if self.cfg.scheduler.type != "pbt" or "run_token" not in result:
-            return None
-        token, start = result["run_token"], int(result["start_iteration"])
-        if self.runs_seen.get(key, [None])[-1] == token:
-            return None
-        if token in self.runs_seen.get(key, []):
-            return STALE
-        self.runs_seen.setdefault(key, []).append(token)
-        mine = self.table.exploits_of(key)
-        kept = sum(1 for e in mine if e["iteration"] < start)
-        if kept < len(mine):  # clones of a branch that is gone
-            self.tracker.delete_tags(run, [f"pbt.exploit.{n:03d}" for n in range(kept + 1, len(mine) + 1)])
-            self.tracker.set_tags(run, {"pbt.exploits": kept})
-        # MLflow logs again what comes after the history's last row that this run keeps: the run's first report
-        # (at c, when it went on from its own newest checkpoint) is new to the history if the driver never got
-        # it, and MLflow may then hold c only from a branch that is gone, so c itself must be logged too
-        rows = [r["iteration"] for r in self.table.history_of(key) if r["iteration"] <= start]
-        self.tracker.rewind(run, max(rows, default=-1))
-        return start
-
-    def _exploited(self, key: str, run: str, exploit: dict[str, Any], branch: int | None) -> dict[str, Any] | None:
-        """PBT cloned trial `source` at `iteration` into this one: a tag on its run, and the exploits-table row
-        that goes with this report (None when a restart repeats one already recorded). The clone's run starts
-        at that iteration, so _branch has already let MLflow log its steps again."""
-        source, at = trial_key(int(exploit["source"])), int(exploit["iteration"])
-        changes = ", ".join(f"{k} {_fmt(a)} -> {_fmt(b)}" for k, (a, b) in exploit.get("changes", {}).items())
-        row = {"trial_id": key, "iteration": at, "source_trial_id": source, "changes": changes}
-        mine = [e for e in self.table.exploits_of(key) if branch is None or e["iteration"] < branch]
-        if row in mine:
-            return None
-        n = len(mine) + 1
-        self.tracker.set_tags(run, {f"pbt.exploit.{n:03d}": f"iteration {at}: cloned {source}; {changes or 'no change'}",
-                                    "pbt.exploits": n})
-        print(f"{key}: PBT copied {source} at iteration {at}; {changes or 'no change'}", flush=True)
-        return row
+                                    "exploited_from": event.exploit.source_trial_id if event.exploit else None},
+                              lineage=event)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         """The trial's worker failed and Tune restarts it from its newest checkpoint (FailureConfig)."""
@@ -263,10 +221,6 @@ class SweepCallback(tune.Callback):
         extra = "".join(f", {count[s]} {s}" for s in ("stopped", "diverged", "failed") if count[s])
         print(f"[{now - self.t0:6.0f}s] {done}/{self.cfg.num_trials} done{extra} | {count['running']} running | "
               f"{pending} pending{best_txt}", flush=True)
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 class _Member:

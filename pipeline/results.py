@@ -15,12 +15,15 @@ import os
 import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rnncore.config import FIELD_NAMES, FIELD_TYPES
+
+if TYPE_CHECKING:
+    from .lineage import LineageEvent
 
 _ARROW = {int: pa.int64(), float: pa.float64(), str: pa.string(), bool: pa.bool_()}
 
@@ -44,7 +47,6 @@ EXPLOITS_SCHEMA = pa.schema(
     [("trial_id", pa.string()), ("iteration", pa.int64()), ("source_trial_id", pa.string()),
      ("changes", pa.string())]
 )
-STATUSES = ("finished", "stopped", "diverged", "failed", "running", "interrupted")
 
 
 def versions() -> dict[str, str]:
@@ -116,21 +118,19 @@ class ResultsTable:
                     self._add_exploit(row["exploit"])
                 self.history.setdefault(key, {k: v for k, v in row.items() if k in names})
 
-    def add_report(self, trial_id: str, row: Mapping[str, Any], *, exploit: Mapping[str, Any] | None = None,
-                   branch: int | None = None) -> bool:
+    def add_report(self, trial_id: str, row: Mapping[str, Any], *, lineage: LineageEvent | None = None) -> bool:
         """One history row, also appended to the journal. A report already recorded for this trial and
         iteration (repeated after a restart or a resume) is ignored: returns False.
 
-        PBT: `branch` c says this is the first report of a run of the trial that started at iteration c, so
-        its rows after c (and clones from c on) belonged to a branch that is gone and are dropped first;
-        `exploit` (an EXPLOITS_SCHEMA row) says that run is a clone of another trial. Report, branch and
-        exploit share one journal line, so a kill keeps all or none."""
+        PBT (``lineage``, see pipeline.lineage): a branch that starts at iteration c drops the trial's rows after
+        c and its clones from c on first; an exploit is a row of exploits.parquet. Report, branch and exploit
+        share one journal line, so a kill keeps all or none."""
         journal: dict[str, Any] = {}
-        if branch is not None:
-            self._branch(trial_id, branch)
-            journal["branch"] = branch
-        if exploit is not None:
-            exploit = {k: exploit.get(k) for k in EXPLOITS_SCHEMA.names}
+        if lineage is not None and lineage.branch is not None:
+            self._branch(trial_id, lineage.branch.start)
+            journal["branch"] = lineage.branch.start
+        if lineage is not None and lineage.exploit is not None:
+            exploit = lineage.exploit.row()
             self._add_exploit(exploit)
             journal["exploit"] = exploit
         key = (trial_id, int(row["iteration"]))

@@ -14,7 +14,10 @@ import tempfile
 import threading
 import time
 import urllib.request
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:
+    from .lineage import LineageEvent
 
 SWEEP_TAG = "rnnsweep.sweep_id"
 RESULT_METRICS = ("train_loss", "val_loss", "val_bpc", "best_val_loss", "chars_per_sec", "iterations")
@@ -292,11 +295,25 @@ class Tracker:
             except Exception:  # noqa: BLE001 - a tag that was never set (a kill came in between)
                 pass
 
-    def rewind(self, run_id: str, step: int) -> None:
-        """The run goes on from an earlier step on a new branch (PBT cloned another trial's state into it):
-        steps after `step` are logged again, next to the old branch's values."""
-        if run_id in self.last_step:
-            self.last_step[run_id] = min(self.last_step[run_id], step)
+    def record_lineage(self, run_id: str, event: LineageEvent) -> None:
+        """PBT: a new branch of the trial (``event.branch``) drops the tags of the clones it undoes and logs the
+        steps after its start again, next to the old branch's values; a clone (``event.exploit``) is a tag
+        ``pbt.exploit.NNN`` ("iteration 500: cloned t0003; learning_rate 0.05 -> 0.06"). ``pbt.exploits`` counts
+        the clones of the current branch."""
+        tags: dict[str, Any] = {}
+        if event.branch:
+            b = event.branch
+            if b.dropped_exploits:
+                self.delete_tags(run_id, [f"pbt.exploit.{n:03d}" for n in
+                                          range(b.kept_exploits + 1, b.kept_exploits + b.dropped_exploits + 1)])
+                tags["pbt.exploits"] = b.kept_exploits
+            if run_id in self.last_step:
+                self.last_step[run_id] = min(self.last_step[run_id], b.relog_after)
+        if event.exploit:
+            tags |= {f"pbt.exploit.{event.exploit.number:03d}": event.exploit.text(),
+                     "pbt.exploits": event.exploit.number}
+        if tags:
+            self.set_tags(run_id, tags)
 
     def log_text(self, run_id: str, text: str, path: str) -> None:
         self.client.log_text(run_id, text, path)

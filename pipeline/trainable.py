@@ -30,6 +30,7 @@ from rnncore import checkpoint as ckpt
 from rnncore.optim import learning_rate_at
 
 from . import raycompat
+from .lineage import clone_fields, run_fields
 from .vocab import trial_key
 
 CHECKPOINT_FILE = "checkpoint.npz"
@@ -93,8 +94,8 @@ def train_trial(config: dict[str, Any], *, corpus: Corpus, base: dict[str, Any],
         start, run_token = trainer.state.iteration, uuid.uuid4().hex[:12]
         _note_start(index, start)
         if newer is not None:  # sent again as a report of this start (not of the one that first sent it)
-            report = {**{k: v for k, v in report.items() if k != "exploit"}, "start_iteration": start,
-                      "run_token": run_token}
+            report = {**{k: v for k, v in report.items() if k != "exploit"},
+                      **run_fields(start=start, token=run_token)}
             tune.report(report, checkpoint=tune.Checkpoint.from_directory(keep))
     if report.get("diverged"):  # it ended there: training a non-finite state on would only add a report
         return
@@ -116,11 +117,11 @@ def train_trial(config: dict[str, Any], *, corpus: Corpus, base: dict[str, Any],
             "trial_seed": cfg.seed,
             "target_iterations": cfg.iterations,
             "lr": learning_rate_at(cfg, max(0, pr.iteration - 1)),  # the rate of the latest update
-            "start_iteration": start,  # where this run of the trial took over (a PBT branch starts there)
-            "run_token": run_token,  # which run: a restart from the same iteration is another run
+            **run_fields(start=start, token=run_token),  # which run of the trial, and where it took over
         }
         if exploit is not None:  # the first report after PBT cloned another trial into this one says so
-            metrics["exploit"], exploit = exploit, None
+            metrics |= exploit
+            exploit = None
         with tempfile.TemporaryDirectory() as d:
             ckpt.save(os.path.join(d, CHECKPOINT_FILE), cfg, corpus.vocab, trainer.state)
             with open(os.path.join(d, REPORT_FILE), "w", encoding="utf-8") as f:
@@ -129,14 +130,13 @@ def train_trial(config: dict[str, Any], *, corpus: Corpus, base: dict[str, Any],
 
 
 def _exploit(report: dict[str, Any], source_cfg: TrainConfig, cfg: TrainConfig, index: int) -> dict[str, Any] | None:
-    """Tune restored this trial from another trial's checkpoint (PBT's exploit step): where it came from and
-    what changed, e.g. {"source": 3, "iteration": 500, "changes": {"learning_rate": [0.05, 0.06]}}; else None."""
+    """Tune restored this trial from another trial's checkpoint (PBT's exploit step): the report fields that say
+    so (pipeline.lineage.clone_fields); else None."""
     source = report.get("trial_index")
     if source is None or int(source) == index:
         return None
-    old, new = source_cfg.to_dict(), cfg.to_dict()
-    changes = {k: [old[k], new[k]] for k in new if k != "seed" and old[k] != new[k]}
-    return {"source": int(source), "iteration": int(report.get("iteration", 0)), "changes": changes}
+    return clone_fields(source=int(source), iteration=int(report.get("iteration", 0)), old=source_cfg.to_dict(),
+                        new=cfg.to_dict())
 
 
 def _read_report(folder: str) -> dict[str, Any]:

@@ -685,6 +685,7 @@ def test_pbt_run_from_a_checkpoint_the_old_driver_never_reported_is_logged_to_ml
     before that report came. After --resume the trial goes on from that checkpoint and sends its report first:
     new to the history, and MLflow holds step 500 only from the branch the clone replaced, so it is logged."""
     from pipeline.callback import SweepCallback
+    from pipeline.lineage import Branch, Exploit, LineageEvent
     from pipeline.results import ResultsTable
     from pipeline.tracking import Tracker
 
@@ -705,7 +706,7 @@ def test_pbt_run_from_a_checkpoint_the_old_driver_never_reported_is_logged_to_ml
 
     tracker = Run()
     tracker.log_metrics = Tracker.log_metrics.__get__(tracker)
-    tracker.rewind = Tracker.rewind.__get__(tracker)
+    tracker.record_lineage = Tracker.record_lineage.__get__(tracker)
     table = ResultsTable(workspace / "out", sweep_text="")
     old, new = 0.00129, 0.00428
 
@@ -715,8 +716,10 @@ def test_pbt_run_from_a_checkpoint_the_old_driver_never_reported_is_logged_to_ml
 
     for it in (100, 200, 300, 400, 500):  # the old driver's history of t0002, then the clone's branch from 300
         table.add_report("t0002", row(it, old))
-    table.add_report("t0002", {**row(400, new), "exploited_from": "t0001"}, branch=300,
-                     exploit={"trial_id": "t0002", "iteration": 300, "source_trial_id": "t0001", "changes": ""})
+    clone = LineageEvent(branch=Branch(trial_id="t0002", start=300, kept_exploits=0, dropped_exploits=0,
+                                       relog_after=300),
+                         exploit=Exploit(trial_id="t0002", iteration=300, source_trial_id="t0001", changes="", number=1))
+    table.add_report("t0002", {**row(400, new), "exploited_from": "t0001"}, lineage=clone)
     callback = SweepCallback(cfg=_load(workspace, PBT), tracker=tracker, table=table)
     trial = type("Trial", (), {"trial_id": "pbt_00002", "config": {"learning_rate": new}})()
     report = {**row(500, new), "run_token": "after-resume", "start_iteration": 500}
