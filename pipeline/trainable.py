@@ -20,6 +20,7 @@ import re
 import shutil
 import tempfile
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -76,8 +77,55 @@ def train_trial(config: dict[str, Any], *, corpus: Corpus, base: dict[str, Any],
     """One trial. `corpus` arrives once through Ray's object store; `base` holds the fixed options."""
     ctx = tune.get_context()
     index = trial_index(ctx.get_trial_id(), ctx.get_trial_dir())
-    seed = trial_seed(sweep_seed, index)
-    cfg = train_config(base, config, seed, derive_seed=derive_seed)
+    cfg = train_config(base, config, trial_seed(sweep_seed, index), derive_seed=derive_seed)
+    start = _restore(ctx, cfg, corpus, index)
+    if start.report.get("diverged"):  # it ended there: training a non-finite state on would only add a report
+        return
+    fixed = {"node": ray.get_runtime_context().get_node_id(), "trial_index": index, "trial_seed": cfg.seed,
+             "target_iterations": cfg.iterations,
+             **run_fields(start=start.iteration, token=start.token)}  # which run of the trial, where it took over
+    exploit = start.exploit
+    for pr in train_loop(start.trainer):
+        val = pr.val_loss
+        if val is None and not pr.diverged:
+            val = start.trainer.evaluate()  # a sample-only boundary: Tune wants the metric in every report
+        metrics = {
+            "iteration": pr.iteration,
+            **_losses(pr.train_loss, val),
+            "chars_per_sec": pr.chars_per_sec,
+            "elapsed_s": start.elapsed_s + pr.elapsed_s,
+            "diverged": pr.diverged,
+            "sample": pr.sample or "",
+            "lr": learning_rate_at(cfg, max(0, pr.iteration - 1)),  # the rate of the latest update
+            **fixed,
+            **(exploit or {}),  # the first report after PBT cloned another trial into this one says so
+        }
+        exploit = None
+        with tempfile.TemporaryDirectory() as d:
+            ckpt.save(os.path.join(d, CHECKPOINT_FILE), cfg, corpus.vocab, start.trainer.state)
+            with open(os.path.join(d, REPORT_FILE), "w", encoding="utf-8") as f:
+                json.dump(metrics, f)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+@dataclass
+class _Start:
+    """Where a run of a trial starts: its trainer, the report it continues from, and PBT's clone fields."""
+
+    trainer: Trainer
+    report: dict[str, Any]
+    exploit: dict[str, Any] | None
+    elapsed_s: float
+    token: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # which run: a restart is another run
+
+    @property
+    def iteration(self) -> int:
+        return self.trainer.state.iteration
+
+
+def _restore(ctx, cfg: TrainConfig, corpus: Corpus, index: int) -> _Start:
+    """The trial's trainer: new, or from Tune's checkpoint, or from a newer complete one in the trial's folders
+    (whose report is first sent again, as a report of this start)."""
     state, report, newer, exploit = None, {}, None, None
     with tempfile.TemporaryDirectory() as keep:
         restored = tune.get_checkpoint()
@@ -90,43 +138,14 @@ def train_trial(config: dict[str, Any], *, corpus: Corpus, base: dict[str, Any],
             newer = _newer_checkpoint(ctx, restored, cfg, state.iteration if state else 0, keep)
         if newer is not None:
             state, report = newer
-        trainer = Trainer(cfg, corpus, state)
-        start, run_token = trainer.state.iteration, uuid.uuid4().hex[:12]
-        _note_start(index, start)
+        start = _Start(Trainer(cfg, corpus, state), report, exploit,
+                       float(report.get("elapsed_s", 0.0)) if state is not None else 0.0)
+        _note_start(index, start.iteration)
         if newer is not None:  # sent again as a report of this start (not of the one that first sent it)
-            report = {**{k: v for k, v in report.items() if k != "exploit"},
-                      **run_fields(start=start, token=run_token)}
-            tune.report(report, checkpoint=tune.Checkpoint.from_directory(keep))
-    if report.get("diverged"):  # it ended there: training a non-finite state on would only add a report
-        return
-    elapsed0 = float(report.get("elapsed_s", 0.0)) if state is not None else 0.0
-    node = ray.get_runtime_context().get_node_id()
-    for pr in train_loop(trainer):
-        val = pr.val_loss
-        if val is None and not pr.diverged:
-            val = trainer.evaluate()  # a sample-only boundary: Tune wants the metric in every report
-        metrics = {
-            "iteration": pr.iteration,
-            **_losses(pr.train_loss, val),
-            "chars_per_sec": pr.chars_per_sec,
-            "elapsed_s": elapsed0 + pr.elapsed_s,
-            "diverged": pr.diverged,
-            "sample": pr.sample or "",
-            "node": node,
-            "trial_index": index,
-            "trial_seed": cfg.seed,
-            "target_iterations": cfg.iterations,
-            "lr": learning_rate_at(cfg, max(0, pr.iteration - 1)),  # the rate of the latest update
-            **run_fields(start=start, token=run_token),  # which run of the trial, and where it took over
-        }
-        if exploit is not None:  # the first report after PBT cloned another trial into this one says so
-            metrics |= exploit
-            exploit = None
-        with tempfile.TemporaryDirectory() as d:
-            ckpt.save(os.path.join(d, CHECKPOINT_FILE), cfg, corpus.vocab, trainer.state)
-            with open(os.path.join(d, REPORT_FILE), "w", encoding="utf-8") as f:
-                json.dump(metrics, f)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+            start.report = {**{k: v for k, v in report.items() if k != "exploit"},
+                            **run_fields(start=start.iteration, token=start.token)}
+            tune.report(start.report, checkpoint=tune.Checkpoint.from_directory(keep))
+    return start
 
 
 def _exploit(report: dict[str, Any], source_cfg: TrainConfig, cfg: TrainConfig, index: int) -> dict[str, Any] | None:
