@@ -362,6 +362,7 @@ def open_store(uri: str, timeout_s: float = 5.0):
     if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
         raise TrackingError(f"no MLflow store at {uri[len('sqlite:///'):]}; pass --tracking-uri, or set "
                             "MLFLOW_TRACKING_URI to the store the sweep logged to")
+    _quiet_mlflow()  # no progress bar on the sampled text's stderr
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)

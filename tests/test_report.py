@@ -336,6 +336,25 @@ def test_importance_edge_cases(case, tmp_path):
         assert "the only option that varied" in imp.rows[0].note and imp.rows[0].score > 0
 
 
+def test_a_sweep_file_that_no_longer_validates_is_still_reported(tmp_path):
+    """The corpus moved and one domain breaks a rule: the other domains are read as written, the broken one is
+    taken from the table with a note, and the report is complete."""
+    out = tmp_path / "stale"
+    text = sweep_yaml("stale", SMALL_TRAIN, num_samples=3, output=str(out))
+    text = text.replace("data/tinyshakespeare.txt", "gone/corpus.txt").replace("[0.003, 0.3]", "[0.3, 0.003]")
+    write_sweep(out, text, *build_trials(small_specs(), base=SMALL_BASE))
+    res = load_results(out)
+    assert res.searched["hidden_size"].args == (16, 32)
+    assert res.searched["learning_rate"].kind == "uniform"  # the range the trials span (more than 5 values)
+    assert any(n.startswith("train.learning_rate is not a valid search domain") and "low < high" in n
+               for n in res.notes)
+    md = (write_report(out, log_to_mlflow=False) / "report.md").read_text()
+    assert "Note: train.learning_rate is not a valid search domain" in md
+    assert _table_rows(_section(md, "Leaderboard"))[1][0][1] == "t0003"
+    assert {r[0] for r in _table_rows(_section(md, "Hyperparameter importance"))[1]} == {"hidden_size",
+                                                                                         "learning_rate"}
+
+
 def test_report_and_sample_import_no_ray():
     code = "import sys, pipeline.report, pipeline.sample; assert 'ray' not in sys.modules, 'ray imported'"
     r = _run("-c", code, cwd=REPO)

@@ -16,7 +16,7 @@ import yaml
 from rnncore.config import FIELD_NAMES
 
 from .. import vocab
-from ..config import SEARCH_KINDS, Domain
+from ..config import Domain
 from ..results import EXPLOITS_SCHEMA, HISTORY_SCHEMA, HPARAMS, TRIALS_SCHEMA
 
 __all__ = ["FEW_VALUES", "SWEEP_YAML_KEY", "ReportError", "SweepResults", "fmt_value", "is_grouped", "is_log",
@@ -172,14 +172,11 @@ def _searched(sweep: Mapping[str, Any], trials: pd.DataFrame, notes: list[str]) 
     train = sweep.get("train")
     out: dict[str, Domain] = {}
     for name, value in (train.items() if isinstance(train, Mapping) else ()):
-        if name not in FIELD_NAMES or not isinstance(value, Mapping) or len(value) != 1:
-            continue
-        kind, args = next(iter(value.items()))
-        if kind not in SEARCH_KINDS:
-            continue
+        if name not in FIELD_NAMES or not isinstance(value, Mapping):
+            continue  # a fixed value
         try:
-            out[str(name)] = Domain(kind, tuple(args) if isinstance(args, (list, tuple)) else ())
-        except ValueError as e:
+            out[str(name)] = Domain.parse(value)
+        except ValueError as e:  # DomainError
             notes.append(f"train.{name} is not a valid search domain ({e}); its values are taken from the table")
             if trials[name].nunique(dropna=True) > 1:
                 out[str(name)] = _guess(trials[name])
