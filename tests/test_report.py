@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import matplotlib.image as mpimg
 import pandas as pd
@@ -74,6 +75,15 @@ def _assert_png(path: Path) -> None:
     img = mpimg.imread(path)
     assert img.ndim == 3 and img.shape[0] >= 400 and img.shape[1] >= 600
     assert img[..., :3].std() > 0.05, f"{path.name} looks blank"
+
+
+def _report_of(out: Path, text: str, specs: list[dict[str, Any]], base: dict[str, Any], pngs: tuple[str, ...]) -> str:
+    """Write a results folder of `specs`, its report (not logged), check the named plots; the report's Markdown."""
+    write_sweep(out, text, *build_trials(specs, base=base))
+    report = write_report(out, log_to_mlflow=False)
+    for name in pngs:
+        _assert_png(report / name)
+    return (report / "report.md").read_text()
 
 
 def _run(*args, cwd) -> subprocess.CompletedProcess:
@@ -249,12 +259,7 @@ def test_sweep_with_only_running_trials(tmp_path):
     text = sweep_yaml("running", SMALL_TRAIN, num_samples=3, output=str(out))
     specs = [{"hidden_size": 16, "learning_rate": 0.02, "status": "running", "final": 1.9, "stop_at": 750},
              {"hidden_size": 32, "learning_rate": 0.05, "status": "running", "final": 1.8, "stop_at": 500}]
-    trials, history = build_trials(specs, base=SMALL_BASE)
-    write_sweep(out, text, trials, history)
-    report = write_report(out, log_to_mlflow=False)
-    for name in ("learning_curves.png", "bpc_vs_hidden_size.png", "bpc_vs_learning_rate.png"):
-        _assert_png(report / name)
-    md = (report / "report.md").read_text()
+    md = _report_of(out, text, specs, SMALL_BASE, ("learning_curves.png", "bpc_vs_hidden_size.png", "bpc_vs_learning_rate.png"))
     assert "in progress" in md
     counts = {r[0]: r[1] for r in _table_rows(_section(md, "Trials by status"))[1]}
     assert counts["running"] == "2" and counts["not started"] == "4"
@@ -267,12 +272,7 @@ def test_failed_and_diverged_only(tmp_path):
     text = sweep_yaml("bad", SMALL_TRAIN, num_samples=1, output=str(out))
     specs = [{"hidden_size": 16, "learning_rate": 0.3, "status": "diverged", "stop_at": 500},
              {"hidden_size": 32, "learning_rate": 0.01, "status": "failed"}]
-    trials, history = build_trials(specs, base=SMALL_BASE)
-    write_sweep(out, text, trials, history)
-    report = write_report(out, log_to_mlflow=False)
-    for name in ("learning_curves.png", "bpc_vs_hidden_size.png", "bpc_vs_learning_rate.png"):
-        _assert_png(report / name)  # drawn with what there is: the diverged trial's curve, x markers
-    md = (report / "report.md").read_text()
+    md = _report_of(out, text, specs, SMALL_BASE, ("learning_curves.png", "bpc_vs_hidden_size.png", "bpc_vs_learning_rate.png"))  # drawn with what there is: the diverged trial's curve, x markers
     counts = {r[0]: r[1] for r in _table_rows(_section(md, "Trials by status"))[1]}
     assert counts == {"diverged": "1", "failed": "1", "**total**": "2"}
     assert "No trial has finished" in _section(md, "Leaderboard")
@@ -448,12 +448,7 @@ def test_ranges_text_options_and_another_metric(tmp_path):
     specs = [{"hidden_size": 16 * 2 ** (i % 6), "seq_length": 8 + 5 * i, "dtype": ("float32", "float64")[i % 2],
               "status": "stopped" if i % 5 == 4 else "finished", "final": 2.2 - 0.05 * (i % 6) + 0.01 * i}
              for i in range(12)]
-    trials, history = build_trials(specs, base=base)
-    write_sweep(out, text, trials, history)
-    report = write_report(out, log_to_mlflow=False)
-    for name in ("bpc_vs_hidden_size.png", "bpc_vs_seq_length.png", "bpc_vs_dtype.png", "heatmap_hidden_seq.png"):
-        _assert_png(report / name)
-    md = (report / "report.md").read_text()
+    md = _report_of(out, text, specs, base, ("bpc_vs_hidden_size.png", "bpc_vs_seq_length.png", "bpc_vs_dtype.png", "heatmap_hidden_seq.png"))
     head, rows = _table_rows(_section(md, "Leaderboard"))
     df = pd.read_parquet(out / "trials.parquet")
     want = df[df["status"].isin(["finished", "stopped"])].sort_values(["val_bpc", "trial_id"])["trial_id"]
@@ -478,12 +473,7 @@ def test_model_family_options_are_plotted_labelled_and_in_the_best_block(tmp_pat
     specs = [{"cell": ("rnn", "lstm", "gru")[i % 3], "num_layers": 1 + i % 2, "dropout": 0.05 * i,
               "status": "finished", "final": 1.9 - (0.0, 0.2, 0.1)[i % 3] - 0.05 * (i % 2) + 0.001 * i}
              for i in range(9)]  # best: t0001, an lstm of 2 layers
-    trials, history = build_trials(specs, base=base)
-    write_sweep(out, text, trials, history)
-    report = write_report(out, log_to_mlflow=False)
-    for name in ("bpc_vs_cell.png", "bpc_vs_num_layers.png", "bpc_vs_dropout.png"):
-        _assert_png(report / name)
-    md = (report / "report.md").read_text()
+    md = _report_of(out, text, specs, base, ("bpc_vs_cell.png", "bpc_vs_num_layers.png", "bpc_vs_dropout.png"))
     imp = [r[0] for r in _table_rows(_section(md, "Hyperparameter importance"))[1]]
     assert set(imp) == {"cell", "num_layers", "dropout"}
     assert imp[0] == "cell"  # the top three trials are all lstm: the cell moves the loss most
