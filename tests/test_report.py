@@ -2,6 +2,8 @@
 local MLflow store (sqlite) holding a real rnncore checkpoint; no Ray."""
 from __future__ import annotations
 
+import base64
+import html
 import math
 import os
 import re
@@ -184,14 +186,63 @@ def test_artifacts_on_the_parent_run(small):
 
     client = MlflowClient(tracking_uri=small["uri"])
     logged = {os.path.basename(f.path) for f in client.list_artifacts(small["parent"], "report")}
-    assert {"report.md", "learning_curves.png", "bpc_vs_hidden_size.png", "bpc_vs_learning_rate.png"} <= logged
-    assert logged == {"report.md", *(p.name for p in small["report"].glob("*.png"))}  # every file, nothing else
+    assert {"report.md", "report.html", "learning_curves.png", "bpc_vs_hidden_size.png",
+            "bpc_vs_learning_rate.png"} <= logged
+    # every file, nothing else
+    assert logged == {"report.md", "report.html", *(p.name for p in small["report"].glob("*.png"))}
     assert f"parent run `{small['parent']}`" in small["md"]
     # the logged report.md is the one written to the folder
     got = client.download_artifacts(small["parent"], "report/report.md", str(small["root"] / "downloaded"))
     assert Path(got).read_text(encoding="utf-8") == small["md"]
     for rid in pd.read_parquet(small["out"] / "trials.parquet")["mlflow_run_id"]:  # nothing on a child run
         assert not client.list_artifacts(rid, "report"), rid
+
+
+def test_report_html_is_the_whole_report_with_its_plots_inside(small):
+    """report.html (what MLflow's artifact viewer shows whole): every heading of report.md, every plot as a data
+    URI of the very PNG, nothing loaded from elsewhere, short run ids in the leaderboard."""
+    page = (small["report"] / "report.html").read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    outside_code = re.sub(r"^(`{3,})\w*\n.*?^\1$", "", small["md"], flags=re.M | re.S)
+    headings = re.findall(r"^(#{1,3}) (.+)$", outside_code, re.M)
+    assert len(headings) >= 8
+    for hashes, title in headings:
+        n = len(hashes)
+        assert f"<h{n}>{html.escape(title)}</h{n}>" in page, title
+    pngs = sorted(p.name for p in small["report"].glob("*.png"))
+    embedded = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)">', page)
+    assert sorted(alt for alt, _ in embedded) == pngs
+    for alt, data in embedded:
+        assert base64.b64decode(data) == (small["report"] / alt).read_bytes(), alt
+    sources = re.findall(r'(?:src|href)\s*=\s*"([^"]*)"', page)
+    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)  # no link out, no script
+    assert "<script" not in page and "http://" not in page and "https://" not in page
+    # the leaderboard: the same rows as report.md's, each MLflow run id shown by its first 8 characters
+    board = re.search(r"<h2>Leaderboard.*?</h2>.*?<table>(.*?)</table>", page, re.S).group(1)
+    head = re.findall(r"<th[^>]*>(.*?)</th>", board)
+    assert re.sub(r"<wbr>", "", head[-1]) == "MLflow run id" and "val_<wbr>loss" in head[-5]
+    ids = re.findall(r'<code title="([0-9a-f]{32})">([0-9a-f]+)</code>', board)
+    want = list(_table_rows(_section(small["md"], "Leaderboard"))[1])
+    assert [full for full, _ in ids] == [r[-1] for r in want] and len(ids) == 5
+    assert all(short == full[:8] for full, short in ids)
+    tables = "".join(re.findall(r"<table>.*?</table>", page, re.S))
+    assert not re.search(r">[0-9a-f]{32}<", tables)  # no table shows a run id whole (the text above them may)
+
+
+def test_report_html_renders_the_markdown_it_is_given(tmp_path):
+    from pipeline.report import render_html
+
+    (tmp_path / "a.png").write_bytes(PNG_MAGIC + b"rest")
+    md = ("# Title <x>\n\nline one  \nline `two|three` **bold**\n\n| a_b | n |\n|-----|--:|\n| x | 1 |\n\n"
+          "- `a.png`: cap  \n  ![a.png](a.png)\n- ![gone](b.png)\n\n````text\n``` inside\n<tag>\n````\n")
+    page = render_html(md, tmp_path)
+    assert "<h1>Title &lt;x&gt;</h1>" in page and "<title>Title &lt;x&gt;</title>" in page
+    assert "<p>line one<br>\nline <code>two|three</code> <strong>bold</strong></p>" in page
+    assert "<th>a_<wbr>b</th><th style=\"text-align:right\">n</th>" in page
+    assert "<td>x</td><td style=\"text-align:right\">1</td>" in page
+    assert f'<img alt="a.png" src="data:image/png;base64,{base64.b64encode(PNG_MAGIC + b"rest").decode()}">' in page
+    assert "<em>[gone: not found]</em>" in page and "b.png\"" not in page
+    assert '<pre><code class="language-text">``` inside\n&lt;tag&gt;</code></pre>' in page
 
 
 def test_unreachable_mlflow_still_writes_the_files(small, tmp_path, capsys):

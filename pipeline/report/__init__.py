@@ -7,6 +7,8 @@ writes ``results/basic/report/``:
 - ``report.md``: the sweep file, trial counts by status, the leaderboard, the best configuration as a
   ``train:`` block, the best trial's final sample and a hyperparameter-importance table (PED-ANOVA from
   ``optuna.importance``, with the number of trials it rests on);
+- ``report.html``: the same page with the plots embedded (base64 PNG data URIs, nothing loaded from elsewhere),
+  which MLflow's artifact viewer shows whole, figures included;
 - ``learning_curves.png``: validation loss against iteration of the top trials;
 - ``bpc_vs_<param>.png``: final validation bits/char against each searched hyperparameter;
 - ``heatmap_hidden_seq.png``: best bits/char per hidden_size x seq_length (when both are searched);
@@ -23,17 +25,19 @@ Imports no Ray; matplotlib and Optuna are imported when a report is drawn.
 | ``importance`` | PED-ANOVA over the ranked trials, through an in-memory Optuna study |
 | ``plots`` | the PNGs, one function per plot and per thing that varies inside one |
 | ``markdown`` | report.md, one function per section |
+| ``html`` | report.html: report.md converted (our own Markdown only), the plots embedded |
 | ``write`` | the report folder, the MLflow upload and the CLI |
 """
 from .data import SWEEP_YAML_KEY, ReportError, SweepResults, fmt_value, load_results, short_config
 from .importance import Importance, Importances, importance
+from .html import render_html
 from .markdown import best_train_block, render_markdown
 from .plots import UNITS, plot_bpc_vs, plot_files, plot_heatmap, plot_learning_curves, plot_lr_schedules
-from .write import REPORT_DIR, REPORT_FILE, main, resolve_tracking_uri, warm_up, write_report
+from .write import HTML_FILE, REPORT_DIR, REPORT_FILE, main, resolve_tracking_uri, warm_up, write_report
 
 __all__ = [
-    "REPORT_DIR", "REPORT_FILE", "SWEEP_YAML_KEY", "UNITS", "Importance", "Importances", "ReportError",
-    "SweepResults", "best_train_block", "fmt_value", "importance", "load_results", "main", "plot_bpc_vs",
-    "plot_files", "plot_heatmap", "plot_learning_curves", "plot_lr_schedules", "render_markdown",
-    "resolve_tracking_uri", "short_config", "warm_up", "write_report",
+    "HTML_FILE", "REPORT_DIR", "REPORT_FILE", "SWEEP_YAML_KEY", "UNITS", "Importance", "Importances",
+    "ReportError", "SweepResults", "best_train_block", "fmt_value", "importance", "load_results", "main",
+    "plot_bpc_vs", "plot_files", "plot_heatmap", "plot_learning_curves", "plot_lr_schedules", "render_html",
+    "render_markdown", "resolve_tracking_uri", "short_config", "warm_up", "write_report",
 ]

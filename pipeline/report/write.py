@@ -9,15 +9,18 @@ from typing import Sequence
 
 from .. import tracking
 from .data import ReportError, SweepResults, load_results
+from .html import render_html
 from .markdown import render_markdown
 from .plots import (plot_bpc_vs, plot_files, plot_heatmap, plot_learning_curves, plot_lr_schedules, safe_name,
                     save_atomically)
 from .plots import warm_up as _warm_up_plots
 
-__all__ = ["ARTIFACT_DIR", "REPORT_DIR", "REPORT_FILE", "main", "resolve_tracking_uri", "warm_up", "write_report"]
+__all__ = ["ARTIFACT_DIR", "HTML_FILE", "REPORT_DIR", "REPORT_FILE", "main", "resolve_tracking_uri", "warm_up",
+           "write_report"]
 
 REPORT_DIR = "report"  # under the sweep's output folder
 REPORT_FILE = "report.md"
+HTML_FILE = "report.html"  # the same report with its plots embedded: what MLflow's artifact viewer shows whole
 ARTIFACT_DIR = "report"  # under the parent run's artifacts
 
 
@@ -68,7 +71,8 @@ def _draw(res: SweepResults, out: Path, plots: list[str]) -> None:
 
 def write_report(output_dir: str | os.PathLike, *, tracking_uri: str | None = None,
                  log_to_mlflow: bool = True) -> Path:
-    """Write <output_dir>/report/ (report.md and the plots) and log it to the parent run; return the folder.
+    """Write <output_dir>/report/ (report.md, report.html and the plots) and log it to the parent run; return the
+    folder.
 
     Raises ReportError when output_dir holds no trials.parquet. MLflow problems only warn.
     """
@@ -81,9 +85,11 @@ def write_report(output_dir: str | os.PathLike, *, tracking_uri: str | None = No
     _draw(res, out, plots)
     text = render_markdown(res, plots, parent_run=parent, uri=uri)
     save_atomically(out / REPORT_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    page = render_html(text, out)
+    save_atomically(out / HTML_FILE, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
     if parent is not None:
         try:
-            tracking.log_files(uri, parent, [str(out / f) for f in [REPORT_FILE, *plots]], ARTIFACT_DIR)
+            tracking.log_files(uri, parent, [str(out / f) for f in [REPORT_FILE, HTML_FILE, *plots]], ARTIFACT_DIR)
         except Exception as e:  # noqa: BLE001
             _warn(f"could not log the report to MLflow run {parent} at {uri} ({type(e).__name__}: {e}); "
                   f"the files are in {out}")
@@ -92,7 +98,7 @@ def write_report(output_dir: str | os.PathLike, *, tracking_uri: str | None = No
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipeline.report",
-                                description="Write the report of a sweep (Markdown and plots) into <folder>/report/ "
+                                description="Write the report of a sweep (Markdown, HTML and plots) into <folder>/report/ "
                                             "and log it to the sweep's parent MLflow run.")
     p.add_argument("folder", help="the sweep's output folder, e.g. results/basic")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the sweep file's mlflow.tracking_uri, "
