@@ -1,0 +1,93 @@
+"""The trial plan a valid sweep file describes, as text: what ``--dry-run`` prints and the sweep logs.
+
+``plan_text`` says how many trials run and why, which options are searched, fixed or left at their
+defaults, and what the scheduler, searcher, resources and outputs are; ``notes`` holds advice on a valid
+sweep that will likely not do what its author wants (shown, not enforced).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rnncore.config import FIELD_NAMES, TrainConfig
+
+from .sections import AshaScheduler, OptunaSearch, PbtScheduler, Scheduler
+from .vocab import METRICS
+
+if TYPE_CHECKING:
+    from .config import SweepConfig
+
+__all__ = ["notes", "plan_text"]
+
+
+def plan_text(cfg: SweepConfig) -> str:
+    """A human-readable plan: trials, fixed and searched values, scheduler, resources, outputs."""
+    grid = [f"{k} ({len(d.values())})" for k, d in cfg.searched.items() if d.is_grid]
+    count = f"{cfg.num_trials} trial{'s' if cfg.num_trials != 1 else ''}"
+    if grid:
+        count += f" = {cfg.grid_size} grid point(s) from {' x '.join(grid)} x num_samples {cfg.num_samples}"
+    elif cfg.num_samples > 1:
+        count += f" = num_samples {cfg.num_samples}"
+    random_keys = [k for k, d in cfg.searched.items() if not d.is_grid]
+    if random_keys:
+        how = "proposed by TPE" if isinstance(cfg.search_alg, OptunaSearch) else "drawn anew"
+        count += f"; {', '.join(random_keys)} {how} for each trial"
+    width = max((len(k) for k in cfg.train), default=0)
+    defaults = TrainConfig().to_dict()
+    unset = [f"{k}={defaults[k]!r}" for k in FIELD_NAMES if k not in cfg.train]
+    lines = [
+        f"Sweep {cfg.name!r}" + (f" from {cfg.source_path}" if cfg.source_path else ""),
+        f"  trials:     {count} (seed {cfg.seed})",
+        f"  corpus:     {cfg.data.path} (val_fraction {cfg.data.val_fraction})",
+        "  searched:" + ("" if cfg.searched else "   none"),
+        *(f"    {k:<{width}}  {d.describe()}" for k, d in cfg.searched.items()),
+        "  fixed:" + ("" if cfg.fixed else "      none"),
+        *(f"    {k:<{width}}  {v!r}" for k, v in cfg.fixed.items()),
+    ]
+    if unset:
+        lines.append(f"  defaults:   {', '.join(unset)}")
+    lines += [
+        f"  objective:  {cfg.mode} {cfg.metric} ({METRICS[cfg.metric][1]})",
+        f"  search:     {_search_text(cfg)}",
+        f"  scheduler:  {_scheduler_text(cfg.scheduler)}",
+        f"  resources:  {cfg.resources.cpu:g} CPU, {cfg.resources.gpu:g} GPU per trial; "
+        + (f"at most {cfg.max_concurrent_trials} at once" if cfg.max_concurrent_trials
+           else "as many at once as resources allow"),
+        f"  limits:     max_failures {cfg.max_failures} per trial; "
+        + (f"time budget {cfg.time_budget_s:g} s" if cfg.time_budget_s else "no time budget"),
+        f"  ray:        {cfg.ray.address or 'a new local instance'}"
+        + (f"; storage {cfg.storage}" if cfg.storage else ""),
+        f"  output:     {cfg.output}",
+        f"  mlflow:     experiment {cfg.mlflow.experiment!r} at "
+        + (cfg.mlflow.tracking_uri or "the default local store"),
+        *(f"  note:       {n}" for n in notes(cfg)),
+    ]
+    return "\n".join(lines)
+
+
+def notes(cfg: SweepConfig) -> list[str]:
+    """Advice on a valid sweep that will likely not do what its author wants (shown, not enforced)."""
+    out = []
+    if isinstance(cfg.scheduler, PbtScheduler) and (cfg.max_concurrent_trials or cfg.num_trials) < cfg.num_trials:
+        out.append(f"PBT compares the trials that run at the same time, but at most {cfg.max_concurrent_trials} of "
+                   f"the {cfg.num_trials} do; set max_concurrent_trials: {cfg.num_trials} (with resources.cpu "
+                   "below 1 to share cores) so the whole population trains together")
+    return out
+
+
+def _scheduler_text(s: Scheduler) -> str:
+    if isinstance(s, AshaScheduler):
+        return (f"ASHA: grace_period {s.grace_period}, reduction_factor {s.reduction_factor:g}, "
+                f"max_t {s.max_t} (iterations)")
+    if isinstance(s, PbtScheduler):
+        mutated = ", ".join(f"{k} {d.describe()}" for k, d in s.mutations.items())
+        return (f"PBT: every {s.perturbation_interval} iterations the bottom {s.quantile_fraction:g} copy the "
+                f"top (resample_probability {s.resample_probability:g}); mutates {mutated}")
+    return "FIFO: every trial runs all its iterations"
+
+
+def _search_text(cfg: SweepConfig) -> str:
+    if isinstance(cfg.search_alg, OptunaSearch):
+        seed = cfg.seed if cfg.search_alg.seed is None else cfg.search_alg.seed
+        return (f"Optuna TPE (seed {seed}): the first {cfg.search_alg.startup_trials} trials drawn at random, "
+                "then each proposed from the results so far")
+    return "random: every grid point num_samples times, other searched values drawn at random"
