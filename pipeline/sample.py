@@ -1,11 +1,14 @@
-"""Text from a sweep trial's final checkpoint:
+"""Text from a sweep trial's final checkpoint, or from a logged or registered model:
 
     python -m pipeline.sample results/basic [--trial t0003 | --best] --length 500 --temperature 0.8 \
         --prime "ROMEO:" [--seed N] [--tracking-uri URI]
+    python -m pipeline.sample models:/NAME/VERSION --length 500 --prime "ROMEO:" [--tracking-uri URI]
 
 Finds the trial's MLflow run in trials.parquet, downloads its ``model/checkpoint.npz`` (from wherever the
-run's artifacts live) into a temporary folder and samples with ``rnncore.sample.generate``. The text goes to
-stdout, which trial it came from to stderr. Exit 2 with a message for an unknown trial (the valid ids are
+run's artifacts live) into a temporary folder and samples with ``rnncore.sample.generate``; for a ``models:/``
+URI (the best model a sweep logged, see pipeline/mlflow_model.py) it downloads the model's checkpoint instead,
+and the text is what the model's ``predict`` gives for the same prompt and params. The text goes to stdout,
+which trial it came from to stderr. Exit 2 with a message for an unknown trial (the valid ids are
 listed), a folder without trials.parquet, or a trial without a checkpoint. Imports no Ray.
 """
 from __future__ import annotations
@@ -19,9 +22,11 @@ from typing import Any, Sequence
 from . import tracking, vocab
 from .report import ReportError, SweepResults, fmt_value, load_results, resolve_tracking_uri
 
-__all__ = ["SampleError", "pick_trial", "download_checkpoint", "sample_trial", "main", "CHECKPOINT_ARTIFACT"]
+__all__ = ["SampleError", "pick_trial", "download_checkpoint", "sample_model", "sample_trial", "main",
+           "CHECKPOINT_ARTIFACT", "MODEL_URI_PREFIX"]
 
 CHECKPOINT_ARTIFACT = "model/checkpoint.npz"
+MODEL_URI_PREFIX = "models:/"
 
 
 class SampleError(Exception):
@@ -80,10 +85,27 @@ def sample_trial(output_dir: str | os.PathLike, trial: str | None = None, *, len
     return text, row
 
 
+def sample_model(model_uri: str, *, length: int = 500, temperature: float = 0.8, prime: str = "", seed: int = 0,
+                 tracking_uri: str | None = None) -> tuple[str, dict[str, str]]:
+    """(prime + `length` sampled characters, the model's origin: trial_id, run_id) from a ``models:/`` URI."""
+    from rnncore.checkpoint import CheckpointError
+    from rnncore.sample import generate
+
+    uri = tracking.resolve_uri(tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="rnnsweep-sample-") as d:
+        try:
+            path, origin = tracking.download_model_checkpoint(uri, model_uri, d)
+            return generate(path, length, temperature, prime, seed), origin
+        except tracking.TrackingError as e:
+            raise SampleError(str(e)) from None
+        except (CheckpointError, ValueError) as e:
+            raise SampleError(f"{model_uri}: {e}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipeline.sample",
                                 description="Sample text from a sweep trial's final checkpoint (in MLflow).")
-    p.add_argument("folder", help="the sweep's output folder, e.g. results/basic")
+    p.add_argument("folder", help="the sweep's output folder, e.g. results/basic; or a model, models:/NAME/VERSION")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--trial", help="trial id, e.g. t0003 (see trials.parquet or the report)")
     which.add_argument("--best", action="store_true", help="the best trial by the sweep's metric (the default)")
@@ -100,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.seed < 0:
         print("error: --seed must be >= 0", file=sys.stderr)
         return 2
+    if args.folder.startswith(MODEL_URI_PREFIX):
+        return _main_model(args)
     try:
         text, row = sample_trial(args.folder, None if args.best else args.trial, length=args.length,
                                  temperature=args.temperature, prime=args.prime, seed=args.seed,
@@ -109,6 +133,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(f"# trial {row['trial_id']} ({row.get('status')}), val_bpc {fmt_value(row.get('val_bpc'))}, "
           f"MLflow run {row.get('mlflow_run_id')}", file=sys.stderr)
+    print(text)
+    return 0
+
+
+def _main_model(args: argparse.Namespace) -> int:
+    if args.trial or args.best:
+        print(f"error: --trial and --best pick a trial of a sweep folder; {args.folder} is one model already, "
+              "so drop them", file=sys.stderr)
+        return 2
+    try:
+        text, origin = sample_model(args.folder, length=args.length, temperature=args.temperature, prime=args.prime,
+                                    seed=args.seed, tracking_uri=args.tracking_uri)
+    except SampleError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"# model {args.folder}: trial {origin.get('trial_id') or '?'}, MLflow run {origin.get('run_id') or '?'}",
+          file=sys.stderr)
     print(text)
     return 0
 

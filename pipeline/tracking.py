@@ -404,3 +404,89 @@ def download_artifact(uri: str, run_id: str, artifact_path: str, dst: str) -> st
     if not os.path.isfile(path):
         raise TrackingError(f"MLflow run {run_id} has no {artifact_path}")
     return path
+
+
+# ---- the best model (used by pipeline.sweep and pipeline.sample)
+# The best trial's checkpoint as an MLflow model (pipeline/mlflow_model.py, a python_function model logged as
+# code): logged on the trial's own run at its last iteration, so the model carries the run's hyperparameters and
+# final metrics, and registered under the sweep file's mlflow.register_model (a new version per sweep).
+
+MODEL_NAME = "best_model"  # the logged model's name
+MODEL_CODE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mlflow_model.py")
+RNNCORE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "rnncore")
+
+
+@contextlib.contextmanager
+def _fluent_uri(uri: str):
+    """MLflow's model logging and loading use the global tracking URI: set it for the block, then put it back."""
+    _quiet_mlflow()
+    import mlflow
+
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield mlflow
+    finally:
+        mlflow.set_tracking_uri(before)
+
+
+def log_best_model(uri: str, trial: Mapping[str, Any], *, parent_run_id: str | None,
+                   register_as: str | None = None) -> str:
+    """Log `trial`'s checkpoint (a trials-table row with mlflow_run_id, trial_id, iterations) as an MLflow model
+    on its run, register it as `register_as` when given, and tag the parent run with where it is. Returns the
+    model's URI: ``models:/NAME/VERSION`` when registered, else ``models:/<model id>``."""
+    import warnings
+
+    import numpy as np
+
+    run_id = str(trial["mlflow_run_id"])
+    with _fluent_uri(uri) as mlflow:
+        from mlflow.models import Model, infer_signature
+
+        from .mlflow_model import CHECKPOINT, PARAMS
+
+        signature = infer_signature(["ROMEO:"], ["ROMEO: and more text"], params=PARAMS)
+        # created here, in the run's experiment: Model.log would put it in the active (else Default) experiment
+        client = mlflow.MlflowClient(uri)
+        run = client.get_run(run_id)
+        model = client.create_logged_model(run.info.experiment_id, name=MODEL_NAME, source_run_id=run_id,
+                                           params=run.data.params, tags={TRIAL_TAG: trial["trial_id"]},
+                                           model_type="char-rnn")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "no input example": the signature says what goes in and out
+            info = Model.log(
+                None, model_id=model.model_id, flavor=mlflow.pyfunc, run_id=run_id, step=int(trial["iterations"]),
+                python_model=MODEL_CODE, code_paths=[RNNCORE_DIR], signature=signature,
+                artifacts={CHECKPOINT: f"runs:/{run_id}/model/checkpoint.npz"},
+                pip_requirements=[f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"],
+                registered_model_name=register_as)
+    model_uri = (f"models:/{register_as}/{info.registered_model_version}" if register_as
+                 else f"models:/{info.model_id}")
+    if parent_run_id:
+        client.set_tag(parent_run_id, "best_model", model_uri)
+    return model_uri
+
+
+def download_model_checkpoint(uri: str, model_uri: str, dst: str) -> tuple[str, dict[str, str]]:
+    """The checkpoint of a model logged by log_best_model (``models:/NAME/VERSION`` or ``models:/<model id>``),
+    downloaded into dst, and what the model says about its origin (trial_id, run_id)."""
+    open_store(uri, timeout_s=10.0)
+    with _fluent_uri(uri) as mlflow:
+        from mlflow.models import Model
+
+        from .mlflow_model import CHECKPOINT
+
+        try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=dst)
+            meta = Model.load(local)
+        except Exception as e:  # noqa: BLE001 - MlflowException: no such model or version in this store
+            raise TrackingError(f"no MLflow model {model_uri} in the store at {uri} ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0] if str(e) else 'not found'}); pass the store with "
+                                "--tracking-uri or MLFLOW_TRACKING_URI") from None
+        artifacts = meta.flavors.get("python_function", {}).get("artifacts", {})
+        if CHECKPOINT not in artifacts:
+            raise TrackingError(f"MLflow model {model_uri} is not an rnnsweep model (no {CHECKPOINT} artifact)")
+        origin = {"run_id": meta.run_id or ""}
+        if meta.model_id:
+            origin["trial_id"] = mlflow.MlflowClient(uri).get_logged_model(meta.model_id).tags.get(TRIAL_TAG, "")
+    return os.path.join(local, artifacts[CHECKPOINT]["path"]), origin

@@ -10,12 +10,19 @@ import sys
 import numpy as np
 
 from .checkpoint import CheckpointError, load_weights
-from .model import advance, sample
+from .data import Vocab
+from .model import Params, advance, sample
 
 
 def generate(path: str, length: int = 500, temperature: float = 1.0, prime: str = "", seed: int = 0) -> str:
-    """prime + `length` sampled characters; deterministic for a given seed."""
+    """prime + `length` sampled characters from the checkpoint at `path`; deterministic for a given seed."""
     P, vocab = load_weights(path)
+    return generate_from(P, vocab, length, temperature, prime, seed)
+
+
+def generate_from(P: Params, vocab: Vocab, length: int = 500, temperature: float = 1.0, prime: str = "",
+                  seed: int = 0) -> str:
+    """The same from weights already loaded (a served model loads them once and samples many times)."""
     rng = np.random.default_rng(seed)
     if prime:
         missing = sorted(set(prime) - set(vocab.chars))
