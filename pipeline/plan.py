@@ -58,7 +58,8 @@ def plan_text(cfg: SweepConfig) -> str:
         + (f"; storage {cfg.storage}" if cfg.storage else ""),
         f"  output:     {cfg.output}",
         f"  mlflow:     experiment {cfg.mlflow.experiment!r} at "
-        + (cfg.mlflow.tracking_uri or "the default local store"),
+        + (cfg.mlflow.tracking_uri or "the default local store")
+        + (f"; the best model registered as {cfg.mlflow.register_model!r}" if cfg.mlflow.register_model else ""),
         *(f"  note:       {n}" for n in notes(cfg)),
     ]
     return "\n".join(lines)

@@ -50,6 +50,14 @@ def _name(value: str) -> str:
     return value
 
 
+def _model_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
+        fix = re.sub(r"[^A-Za-z0-9._-]+", "-", value).strip("._-") or "my-model"
+        raise ValueError(f"must be letters, digits, '.', '_' or '-' (it names a registered MLflow model, loaded as "
+                         f"models:/NAME/VERSION), but got {value!r}; try {fix!r}")
+    return value
+
+
 def _empty_as_default(value: Any) -> Any:
     return {} if value is None else value
 
@@ -57,6 +65,7 @@ def _empty_as_default(value: Any) -> Any:
 _T = TypeVar("_T")
 # SweepConfig's keys that need more than a type: each a type with its validator
 SweepName = Annotated[str, AfterValidator(_name)]  # names a folder and an MLflow experiment
+ModelName = Annotated[str, AfterValidator(_model_name)]  # a registered model: models:/NAME/VERSION
 LocalFolder = Annotated[Path, BeforeValidator(_local_path)]  # absolute, relative to the working directory
 Storage = Annotated[str | None, BeforeValidator(_storage)]  # a URI, or a local folder made absolute
 EmptyAsDefault = Annotated[_T, BeforeValidator(_empty_as_default)]  # `key:` with no value = the section's defaults
@@ -198,6 +207,7 @@ class MlflowConfig(Section):
 
     experiment: str = Field(min_length=1)
     tracking_uri: str | None = Field(None, min_length=1)
+    register_model: ModelName | None = None  # also register the best model under this name (a version per sweep)
 
 
 class RayConfig(Section):

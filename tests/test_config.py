@@ -93,6 +93,9 @@ BAD_CASES: list[tuple[str, Callable[[dict], dict] | str, Callable[[Path], None] 
     ("packing-max-trials-positive", edit(packing={"max_trials": 0}), None, ["packing.max_trials"]),
     ("unknown-mlflow-key", edit(mlflow={"tracking_url": "http://x"}), None,
      ["mlflow.tracking_url: unknown key; did you mean 'tracking_uri'?"]),
+    ("registered-model-name", edit(mlflow={"experiment": "e", "register_model": "my model/v1"}), None,
+     ["mlflow.register_model: must be letters, digits, '.', '_' or '-'", "models:/NAME/VERSION",
+      "but got 'my model/v1'; try 'my-model-v1'"]),
     ("unknown-ray-key", edit(ray={"adress": "auto"}), None, ["ray.adress: unknown key; did you mean 'address'?"]),
     ("wrong-type", edit(train__hidden_size="big"), None,
      ["train.hidden_size: must be an integer, but got 'big'; write a whole number such as 100 (the default)"]),
@@ -372,13 +375,16 @@ def test_check_corpus_false_skips_reading_but_not_existence(workspace: Path) -> 
 
 def test_optional_keys(workspace: Path) -> None:
     sweep = {**BASE, "time_budget_s": 60, "max_failures": 0, "ray": {"address": "auto"}, "storage": "store",
-             "mlflow": {"experiment": "e", "tracking_uri": "http://localhost:5000"}, "resources": {"gpu": 0.5}}
+             "mlflow": {"experiment": "e", "tracking_uri": "http://localhost:5000", "register_model": "char-rnn"},
+             "resources": {"gpu": 0.5}}
     cfg = load_sweep(write_sweep(workspace, sweep))
     assert (cfg.time_budget_s, cfg.max_failures, cfg.ray.address) == (60, 0, "auto")
     assert cfg.storage == str(workspace / "store") and cfg.resources.gpu == 0.5
     assert (cfg.mlflow.experiment, cfg.mlflow.tracking_uri) == ("e", "http://localhost:5000")
+    assert cfg.mlflow.register_model == "char-rnn"
     plan = cfg.plan_text()
     assert "time budget 60 s" in plan and "auto" in plan and "http://localhost:5000" in plan
+    assert "the best model registered as 'char-rnn'" in plan
 
 
 def test_max_t_defaults_to_the_largest_iterations(workspace: Path) -> None:
