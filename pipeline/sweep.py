@@ -196,11 +196,29 @@ def _finish(sweep: _Sweep) -> int:
     if interrupted:  # an interrupted sweep gets its report when --resume finishes it
         print(f"\ninterrupted: finish with  python -m pipeline.sweep {cfg.source_path} --resume", file=sys.stderr)
         return 130
+    _log_best_model(sweep, best)
     if table.trials:
         folder = report_while(ray.shutdown, cfg.output.resolve(), tracking_uri=sweep.tracking_uri)
         print(f"report:  {folder / 'report.md'}")
     statuses = [r["status"] for r in table.trials.values()]
     return 1 if statuses and all(s == "failed" for s in statuses) else 0
+
+
+def _log_best_model(sweep: _Sweep, best: dict[str, Any] | None) -> None:
+    """The best trial's checkpoint as an MLflow model on its run, registered when the sweep file names a model
+    (mlflow.register_model); if that fails, a warning: the sweep's runs and tables are complete without it."""
+    from .tracking import log_best_model
+
+    if not best or not best.get("mlflow_run_id"):
+        return
+    try:
+        uri = log_best_model(sweep.tracking_uri, best, parent_run_id=sweep.parent_run,
+                             register_as=sweep.cfg.mlflow.register_model)
+    except Exception as e:  # noqa: BLE001 - MLflow's errors vary by store
+        print(f"warning: the best model was not logged to MLflow ({type(e).__name__}: {e}); its checkpoint is on "
+              f"run {best['mlflow_run_id']}", file=sys.stderr)
+        return
+    print(f"model:   {uri}   (python -m pipeline.sample {uri})")
 
 
 def _host_port(address: str) -> tuple[str, int]:

@@ -12,9 +12,16 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import math
+import os
 import re
+import signal
+import socket
 import subprocess
+import sys
+import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +66,8 @@ E2E: dict[str, Any] = {
     "max_concurrent_trials": 2,
     "output": "out",
 }
+
+E2E_MODEL = "e2e-best"  # the e2e sweep registers its best model under this name (mlflow.register_model)
 
 # A FIFO sweep for the reproducibility check: 2 trials with drawn learning rates.
 FIFO: dict[str, Any] = {
@@ -159,7 +168,8 @@ def expected_reports(row: pd.Series, eval_every: int) -> list[int]:
 
 @pytest.fixture(scope="module")
 def e2e(tmp_path_factory, run_module, corpus_text, proc_text) -> SweepRun:
-    run = run_sweep(run_module, tmp_path_factory.mktemp("e2e"), E2E, corpus_text(CORPUS_CHARS))
+    sweep = {**E2E, "mlflow": {"experiment": E2E["name"], "register_model": E2E_MODEL}}
+    run = run_sweep(run_module, tmp_path_factory.mktemp("e2e"), sweep, corpus_text(CORPUS_CHARS))
     assert run.proc.returncode == 0, proc_text(run.proc)
     return run
 
@@ -338,6 +348,85 @@ def test_mlflow_artifacts_hold_samples_and_a_usable_checkpoint(e2e: SweepRun, e2
             assert proc.returncode == 0, proc_text(proc)
             assert len(proc.stdout) == 20 + 1  # 20 sampled characters (newlines among them) and print's newline
     assert sampled == {"finished", "stopped"}
+
+
+def _best_row(e2e: SweepRun) -> pd.Series:
+    t = e2e.trials()
+    return t[t["status"].isin(["finished", "stopped"])].sort_values("val_loss").iloc[0]
+
+
+@pytest.mark.slow
+def test_the_best_model_is_registered_and_predicts_what_pipeline_sample_gives(e2e: SweepRun, e2e_mlflow: Mlflow,
+                                                                            run_module, cli_env, proc_text) -> None:
+    """The issue's check: mlflow.pyfunc.load_model(...).predict(["ROMEO:"], params={"length": 50, "seed": 1}) is
+    `python -m pipeline.sample OUT --best --prime "ROMEO:" --length 50 --seed 1`."""
+    uri = f"models:/{E2E_MODEL}/1"
+    assert f"model:   {uri}" in e2e.proc.stdout
+    best = _best_row(e2e)
+    version = e2e_mlflow.client.get_model_version(E2E_MODEL, "1")
+    assert version.run_id == best["mlflow_run_id"]  # the model was logged on the best trial's run
+    assert e2e_mlflow.parents[0].data.tags["best_model"] == uri
+    [model] = e2e_mlflow.client.search_logged_models(experiment_ids=[e2e_mlflow.experiment.experiment_id])
+    assert model.tags["trial_id"] == best["trial_id"] and model.params["hidden_size"] == str(best["hidden_size"])
+    assert {m.key: m.value for m in model.metrics}["val_loss"] == pytest.approx(best["val_loss"], rel=1e-6)
+
+    cli = run_module("pipeline.sample", e2e.output, "--best", "--prime", "ROMEO:", "--length", "50", "--seed", "1",
+                     cwd=e2e.cwd)
+    assert cli.returncode == 0, proc_text(cli)
+    code = (f"import json, mlflow; mlflow.set_tracking_uri({e2e.uri!r}); m = mlflow.pyfunc.load_model({uri!r}); "
+            "print(json.dumps(m.predict(['ROMEO:'], params={'length': 50, 'seed': 1})))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=e2e.cwd, env=cli_env(), capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, proc_text(r)
+    [text] = json.loads(r.stdout.strip().splitlines()[-1])
+    assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 50
+    assert cli.stdout == text + "\n"
+
+
+@pytest.mark.slow
+def test_mlflow_serves_the_best_model(e2e: SweepRun, cli_env) -> None:
+    """`mlflow models serve --env-manager local` on 127.0.0.1 answers POST /invocations with generated text that
+    continues each prompt: the model's own text for it (pipeline.sample's)."""
+    from pipeline.sample import sample_model
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = cli_env(MLFLOW_TRACKING_URI=e2e.uri, PATH=os.pathsep.join([os.path.dirname(sys.executable),
+                                                                     os.environ.get("PATH", "")]))
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{E2E_MODEL}/1", "--env-manager",
+           "local", "-h", "127.0.0.1", "-p", str(port)]
+    server = subprocess.Popen(cmd, cwd=e2e.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              start_new_session=True)  # its uvicorn child joins the group, stopped with it
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, server.stdout.read().decode(errors="replace")[-3000:]
+            try:
+                with urllib.request.urlopen(f"{url}/ping", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the model server did not answer /ping within 120 s"
+            time.sleep(0.5)
+        body = json.dumps({"inputs": ["ROMEO:", "First"], "params": {"length": 40, "seed": 2}}).encode()
+        req = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            got = json.loads(r.read())["predictions"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        server.stdout.close()
+    assert got[0].startswith("ROMEO:") and got[1].startswith("First") and list(map(len, got)) == [46, 45]
+    for prompt, text in zip(["ROMEO:", "First"], got):
+        assert text == sample_model(f"models:/{E2E_MODEL}/1", length=40, prime=prompt, seed=2,
+                                    tracking_uri=e2e.uri)[0]
 
 
 @pytest.mark.slow
