@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
@@ -147,9 +148,16 @@ def coerce(name: str, value: Any) -> Any:
     return value
 
 
+INT64 = (-(2**63), 2**63 - 1)  # integers are stored as int64 (checkpoints, the sweep's tables)
+
+
 def check_value(name: str, value: Any) -> None:
     """Raise OptionError('<name> must ..., but got ...; fix') if `value` breaks the rule for `name`."""
     value = coerce(name, value)
+    if FIELD_TYPES[name] is int and not INT64[0] <= value <= INT64[1]:
+        raise OptionError(name, f"must fit in 64 bits (at most {INT64[1]}), but got {name}={value}; use a smaller value")
+    if FIELD_TYPES[name] is float and not math.isfinite(value):
+        raise OptionError(name, f"must be a finite number, but got {name}={value!r}; write a finite value")
     ok, rule, fix = _RULES[name]
     if not ok(value):
         if FIELD_TYPES[name] is str:
