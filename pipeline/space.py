@@ -1,7 +1,7 @@
 """Search domains: how a sweep file searches one option, ``{kind: [args]}``.
 
 The kinds are Ray Tune's sampling functions with their argument order (``randint``'s high is exclusive).
-A ``Domain`` checks its own arguments whatever option it searches; ``pipeline.config`` checks its values
+A ``Domain`` checks its own arguments whatever option it searches; ``pipeline.options`` checks its values
 against the option's rule. Importing this module does not import Ray; ``Domain.to_tune`` imports
 ``ray.tune`` when it is called.
 """
@@ -232,6 +232,14 @@ class Domain:
         closing = ")" if self.kind in ("randint", "lograndint") or self.q == 1 else "]"
         step = f" in steps of {self.q}" if self.q is not None else ""
         return f"{self.kind} in [{low}, {high}{closing}{step}"
+
+    def call_text(self) -> str:
+        """The domain as the Ray Tune call it makes, compact: ``loguniform(0.01, 0.3)``, ``choice(['rnn', 'lstm'])``
+        (the sweep's MLflow parent run logs its search space so)."""
+        if self.is_categorical:
+            return f"{self.kind}({list(self.args)!r})"
+        required, _ = _RANGE_ARGS[self.kind]
+        return f"{self.kind}({', '.join(repr(a) for a in self.args[: len(required)])})"
 
     def __str__(self) -> str:
         return f"{{{self.kind}: {list(self.args)}}}"
