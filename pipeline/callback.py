@@ -13,20 +13,30 @@ from ray import tune
 from . import raycompat
 from .config import SweepConfig
 from .lineage import Lineage
+from .results import utc_now
 from .vocab import CLOSED, best, run_name, trial_key
 
 
 class SweepCallback(tune.Callback):
-    """Driver side of the metric flow: Tune results -> MLflow child runs and the Parquet tables."""
+    """Driver side of the metric flow: Tune results -> MLflow child runs and the Parquet tables.
 
-    def __init__(self, *, cfg: SweepConfig, tracker, table):
+    ``budget_deadline`` is the time.monotonic() at which Tune's time budget runs out (None without one): trials
+    still running after fit() then were stopped by the budget, not interrupted."""
+
+    def __init__(self, *, cfg: SweepConfig, tracker, table, budget_deadline: float | None = None):
         self.cfg, self.tracker, self.table = cfg, tracker, table
+        self.budget_deadline = budget_deadline
         self.base = cfg.base_values()  # the fixed options every trial starts from
         self.runs: dict[str, str] = {}  # Tune trial id (or packed member id) -> MLflow run id
         self.index: dict[str, int] = {}  # Tune trial id (or packed member id) -> position in generation order
         self.lineage = Lineage(table, enabled=cfg.scheduler.type == "pbt")
         self.packs: dict[int, tuple[dict, int]] = {}  # packed sweeps: trial index -> (its config, its pack)
         self.members: dict[int, _Member] = {}  # packed trials seen so far
+        self.pack_started: dict[int, Any] = {}  # packed sweeps: pack -> when it started (its members' started_at)
+        # trial key -> its newest report this driver recorded, and where its checkpoint is: (Tune trial, pack member)
+        self.last: dict[str, tuple[dict[str, Any], tuple[Any, int | None]]] = {}
+        # trials ended so far: the step of the parent run's best-so-far series
+        self.ended = sum(1 for r in table.trials.values() if r.get("status") in CLOSED)
         self.t0 = time.monotonic()
         self.last_print = 0.0
 
@@ -55,27 +65,32 @@ class SweepCallback(tune.Callback):
                                                                params=hp)
             if key not in self.table.trials:  # else resumed: the row (from the tables or the journal) holds the
                 # values the trial started with; PBT may have changed trial.config since, as not the MLflow params
-                self.table.start_trial(key, {k: v for k, v in hp.items() if k != "iterations"})
+                started = self.pack_started.get(self.packs[trial.index][1]) if isinstance(trial, _Member) else None
+                self.table.start_trial(key, {**{k: v for k, v in hp.items() if k != "iterations"},
+                                             "started_at": started or utc_now()})
             self.table.set_trial(key, {"status": "running", "mlflow_run_id": self.runs[trial.trial_id],
                                        "target_iterations": hp["iterations"]})
         return self.runs[trial.trial_id]
 
     # Tune hooks ----------------------------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
-        if not self._is_pack(trial):
+        if self._is_pack(trial):  # its members' runs open at their first report
+            self.pack_started.setdefault(trial.config["pack"], utc_now())
+        else:
             self._run(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if self._is_pack(trial):
             for m in result["members"]:
                 member = self._member(m["trial_index"])
-                member.last_result = {**m, "node": result.get("node"), "target_iterations": result["target_iterations"]}
-                self._record(member, member.last_result)
+                member.last_result = {**m, "node": result.get("node"), "node_ip": result.get("node_ip"),
+                                      "target_iterations": result["target_iterations"]}
+                self._record(member, member.last_result, (trial, member.index))
         else:
-            self._record(trial, result)
+            self._record(trial, result, (trial, None))
         self._progress(trials)
 
-    def _record(self, trial, result) -> None:
+    def _record(self, trial, result, source: tuple[Any, int | None] | None = None) -> None:
         """A report repeated after a restart or a resume (the trial went on from an older checkpoint) is
         recorded once: MLflow skips steps it already has, the history keeps the first row per iteration.
         MLflow first, then the journal: a kill in between leaves a report in MLflow that the history
@@ -95,6 +110,9 @@ class SweepCallback(tune.Callback):
                   f"{event.exploit.changes or 'no change'}", flush=True)
         if self.tracker.log_metrics(run, metrics, step=it) and result.get("sample"):
             self.tracker.log_text(run, result["sample"], f"samples/iter_{it:06d}.txt")
+        self.last[key] = (result, source)
+        if result.get("sample"):  # the row keeps the newest sample, whenever and however the trial ends
+            self.table.set_trial(key, {"sample": result["sample"]})
         self.table.add_report(key, {"iteration": it, **{k: _num(v) for k, v in metrics.items()},
                                     "elapsed_s": float(result.get("elapsed_s", 0.0)),
                                     "exploited_from": event.exploit.source_trial_id if event.exploit else None},
@@ -119,25 +137,22 @@ class SweepCallback(tune.Callback):
         run = self._run(trial)
         done_its, target = int(last.get("iteration", 0)), int(last.get("target_iterations", 0))
         if last.get("diverged"):
-            status, mlflow_status = "diverged", "FAILED"
-            tags = {"status": "diverged", "error": f"loss became non-finite by iteration {done_its}"}
+            status, tags = "diverged", {"error": f"loss became non-finite by iteration {done_its}"}
         elif done_its < target:
-            status, mlflow_status = "stopped", "KILLED"
-            tags = {"status": "stopped", "stop_reason": f"stopped early by {self.cfg.scheduler.type} "
-                                                        f"(or the time budget) at iteration {done_its} of {target}"}
+            # Tune completes a trial before its last iteration only when the scheduler decided STOP; the time
+            # budget and Ctrl-C end trials without on_trial_complete, and finish() closes those (Ray 2.60).
+            status, tags = "stopped", {"stop_reason": f"{self.cfg.scheduler.type} at iteration {done_its} of {target}"}
         else:
-            status, mlflow_status, tags = "finished", "FINISHED", {"status": "finished"}
+            status, tags = "finished", {}
         self._log_checkpoint(checkpoint, run, member_index)
-        self._close(trial, key, run, status, mlflow_status, tags, last,
-                    error=tags.get("error", ""))
+        self._close(key, run, status, tags, last, error=tags.get("error", ""))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         err = raycompat.error_text(trial)
         for t in (self._pack_members(trial) if self._is_pack(trial) else [trial]):
             key, _ = self._key(t)
             run = self._run(t)
-            self._close(t, key, run, "failed", "FAILED", {"status": "failed", "error": err[-5000:]},
-                        t.last_result or {}, error=err)
+            self._close(key, run, "failed", {"error": err[-5000:]}, t.last_result or {}, error=err)
 
     # packed trials -------------------------------------------------------------------------------
     @staticmethod
@@ -166,8 +181,10 @@ class SweepCallback(tune.Callback):
                     path = shutil.copy(path, os.path.join(tempfile.mkdtemp(), CHECKPOINT_FILE))
                 self.tracker.log_file(run, path, "model")
 
-    def _close(self, trial, key, run, status, mlflow_status, tags, last, *, error: str) -> None:
-        self.tracker.end_run(run, mlflow_status, tags)
+    def _close(self, key, run, status, tags, last, *, error: str) -> None:
+        """End a trial: its run (status and tags), its row (the last report's values, aggregates of its history),
+        the tables on disk, and a point of the parent's best-so-far series."""
+        self.tracker.end_run(run, status, tags)
         hist = self.table.history_of(key)
         vals = [r["val_loss"] for r in hist if r["val_loss"] is not None and math.isfinite(r["val_loss"])]
         speeds = [r["chars_per_sec"] for r in hist if r["chars_per_sec"]]
@@ -176,32 +193,58 @@ class SweepCallback(tune.Callback):
             "status": status, "mlflow_run_id": run,
             "iterations": int(last.get("iteration", 0)),
             "train_loss": _num(last.get("train_loss")), "val_loss": _num(last.get("val_loss")),
-            "val_bpc": _num(last.get("val_bpc")), "best_val_loss": min(vals) if vals else None,
-            "chars_per_sec": sum(speeds) / len(speeds) if speeds else None,
-            "wall_s": float(last.get("time_total_s", last.get("elapsed_s", 0.0))), "node": last.get("node"),
-            "sample": last.get("sample") or None, "error": error or None,
-            "final_lr": lrs[-1] if lrs else None,
+            "val_bpc": _num(last.get("val_bpc")), "min_val_loss": min(vals) if vals else None,
+            "mean_chars_per_sec": sum(speeds) / len(speeds) if speeds else None,
+            "wall_s": float(last.get("time_total_s", last.get("elapsed_s", 0.0))), "ended_at": utc_now(),
+            **{k: last[k] for k in ("node", "node_ip") if last.get(k)},  # (a row of an earlier driver keeps its own)
+            "error": error or None, "final_lr": lrs[-1] if lrs else None,
             "exploits": len(self.table.exploits_of(key))})
         self.table.write()
+        self._log_best()
         self._progress(None, force=True)
 
+    def _log_best(self) -> None:
+        """A point of the parent's best-so-far series for each trial that ended since the last one."""
+        ended = sum(1 for r in self.table.trials.values() if r.get("status") in CLOSED)
+        top = self.best()
+        if top is not None and ended > self.ended:
+            self.tracker.log_best(top, step=ended)
+        self.ended = max(self.ended, ended)
+
+    def budget_ran_out(self) -> bool:
+        """Whether Tune's time budget has run out by now."""
+        return self.budget_deadline is not None and time.monotonic() >= self.budget_deadline
+
     def finish(self) -> None:
-        """After fit(): runs still open were interrupted; mark them KILLED and write the tables (their rows
-        hold the newest report; --resume continues them)."""
+        """After fit(): close the runs still open and write the tables. When the time budget ran out, the budget
+        stopped them (status stopped, their run FINISHED); otherwise the sweep was interrupted (their run KILLED;
+        their rows hold the newest report and --resume continues them)."""
+        budget = self.budget_ran_out()
         runs = {trial_key(self.index[tid]): run for tid, run in self.runs.items()}
         for key, row in self.table.trials.items():  # rows a killed driver left running, not seen again
             if row.get("status") == "running" and key not in runs and row.get("mlflow_run_id"):
                 runs[key] = row["mlflow_run_id"]
         for key, run in runs.items():
             row = self.table.trials.get(key, {})
-            if row.get("status") == "running":
-                self.tracker.end_run(run, "KILLED", {"status": "interrupted"})
-                hist = self.table.history_of(key)
-                last = hist[-1] if hist else {}
-                vals = [r["val_loss"] for r in hist if _finite(r.get("val_loss"))]
-                self.table.set_trial(key, {"status": "interrupted", "iterations": int(last.get("iteration", 0)),
-                                           **{k: last.get(k) for k in ("train_loss", "val_loss", "val_bpc")},
-                                           "best_val_loss": min(vals) if vals else None})
+            if row.get("status") != "running":
+                continue
+            hist = self.table.history_of(key)
+            newest = hist[-1] if hist else {}
+            if budget:
+                result, source = self.last.get(key, ({}, None))
+                last = {"target_iterations": row.get("target_iterations"), **newest, **result}
+                done, target = int(last.get("iteration", 0)), int(last.get("target_iterations") or 0)
+                status = "finished" if done >= target else "stopped"
+                tags = {"stop_reason": f"time budget at iteration {done} of {target}"} if status == "stopped" else {}
+                if source is not None:  # its newest checkpoint, as a trial that ends otherwise has
+                    self._log_checkpoint(source[0].checkpoint, run, source[1])
+                self._close(key, run, status, tags, last, error="")
+                continue
+            self.tracker.end_run(run, "interrupted")
+            vals = [r["val_loss"] for r in hist if _finite(r.get("val_loss"))]
+            self.table.set_trial(key, {"status": "interrupted", "iterations": int(newest.get("iteration", 0)),
+                                       **{k: newest.get(k) for k in ("train_loss", "val_loss", "val_bpc")},
+                                       "min_val_loss": min(vals) if vals else None})
         self.table.write()
 
     def best(self) -> dict[str, Any] | None:

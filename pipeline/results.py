@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
@@ -26,15 +27,20 @@ if TYPE_CHECKING:
     from .lineage import LineageEvent
 
 _ARROW = {int: pa.int64(), float: pa.float64(), str: pa.string(), bool: pa.bool_()}
+TIMESTAMP = pa.timestamp("us", tz="UTC")
 
-# every engine option in its own typed column, except `iterations`, which holds the iterations trained
+# every engine option in its own typed column, except `iterations`, which holds the iterations trained.
+# A column that shares a name with an MLflow metric means the same thing: `val_loss` is the last report's, as
+# MLflow shows a run's latest value; an aggregate over the reports says so in its name (`min_val_loss`,
+# `mean_chars_per_sec`).
 HPARAMS = [n for n in FIELD_NAMES if n != "iterations"]
 TRIALS_SCHEMA = pa.schema(
     [("trial_id", pa.string()), ("status", pa.string()), ("mlflow_run_id", pa.string())]
     + [(n, _ARROW[FIELD_TYPES[n]]) for n in HPARAMS]
     + [("target_iterations", pa.int64()), ("iterations", pa.int64()), ("train_loss", pa.float64()),
-       ("val_loss", pa.float64()), ("val_bpc", pa.float64()), ("best_val_loss", pa.float64()),
-       ("chars_per_sec", pa.float64()), ("wall_s", pa.float64()), ("node", pa.string()),
+       ("val_loss", pa.float64()), ("val_bpc", pa.float64()), ("min_val_loss", pa.float64()),
+       ("mean_chars_per_sec", pa.float64()), ("wall_s", pa.float64()),
+       ("started_at", TIMESTAMP), ("ended_at", TIMESTAMP), ("node", pa.string()), ("node_ip", pa.string()),
        ("sample", pa.string()), ("error", pa.string()), ("final_lr", pa.float64()), ("exploits", pa.int64())]
 )
 HISTORY_SCHEMA = pa.schema(
@@ -157,7 +163,7 @@ class ResultsTable:
         self.set_trial(trial_id, row)
         self.output.mkdir(parents=True, exist_ok=True)
         with open(self.journal_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"trial_id": trial_id, "start": dict(row)}) + "\n")
+            f.write(json.dumps({"trial_id": trial_id, "start": dict(row)}, default=_iso) + "\n")
 
     def set_trial(self, trial_id: str, row: Mapping[str, Any]) -> None:
         self.trials[trial_id] = {**self.trials.get(trial_id, {}), "trial_id": trial_id, **row}
@@ -183,8 +189,31 @@ class ResultsTable:
             pass
 
 
+def utc_now() -> datetime:
+    """A timestamp for the `started_at` and `ended_at` columns."""
+    return datetime.now(timezone.utc)
+
+
+def _iso(x: Any) -> str:
+    """json.dumps' fallback for the journal: a timestamp as ISO 8601 text (read back by _timestamp)."""
+    if isinstance(x, datetime):
+        return x.isoformat()
+    raise TypeError(f"{type(x).__name__} is not JSON serializable")
+
+
+def _timestamp(x: Any) -> datetime | None:
+    """A timestamp column's value: a datetime as is, ISO text (from the journal) parsed; else None."""
+    if isinstance(x, str):
+        try:
+            x = datetime.fromisoformat(x)
+        except ValueError:
+            return None
+    return x if isinstance(x, datetime) else None
+
+
 def _table(rows: list[Mapping[str, Any]], schema: pa.Schema, meta: dict[bytes, bytes]) -> pa.Table:
-    cols = {f.name: [r.get(f.name) for r in rows] for f in schema}
+    cols = {f.name: [_timestamp(r.get(f.name)) if f.type == TIMESTAMP else r.get(f.name) for r in rows]
+            for f in schema}
     return pa.table(cols, schema=schema).replace_schema_metadata(meta)
 
 

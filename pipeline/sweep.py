@@ -111,16 +111,18 @@ def _open_sweep(cfg: SweepConfig, uri: str, *, resume: bool) -> _Sweep:
     from .tracking import Tracker
 
     corpus = cfg.corpus()  # read by load_sweep when it checked the file
-    tracker = Tracker(uri=uri, experiment=cfg.mlflow.experiment, sweep_id=sweep_id(cfg))
+    tracker = Tracker(uri=uri, experiment=cfg.mlflow.experiment, sweep_id=sweep_id(cfg), corpus=corpus)
     parent = tracker.start_sweep(name=cfg.name, sweep_text=cfg.source_text, resume=resume,
                                  params={"sweep_file": str(cfg.source_path), "num_trials": cfg.num_trials,
                                          "corpus": str(cfg.data.path), "corpus_sha256": corpus.sha256,
                                          "seed": cfg.seed, "metric": cfg.metric, "mode": cfg.mode,
-                                         "scheduler": cfg.scheduler.type, "search_alg": cfg.search_alg.type})
+                                         "scheduler": cfg.scheduler.type, "search_alg": cfg.search_alg.type,
+                                         **{f"space.{k}": d.call_text() for k, d in cfg.searched.items()}})
     table = ResultsTable(cfg.output.resolve(), sweep_text=cfg.source_text)
     if resume:
         table.load_existing()
-    callback = SweepCallback(cfg=cfg, tracker=tracker, table=table)
+    callback = SweepCallback(cfg=cfg, tracker=tracker, table=table,
+                             budget_deadline=_budget_deadline(cfg.time_budget_s))
     trials = packs = None
     if cfg.packing:  # trials drawn up front and grouped: one Tune trial trains one pack
         from .packing import expand_trials, make_packs
@@ -187,7 +189,7 @@ def _finish(sweep: _Sweep) -> int:
 
     cfg, table = sweep.cfg, sweep.table
     closed = sum(1 for r in table.trials.values() if r.get("status") in CLOSED)
-    interrupted = closed < cfg.num_trials and not cfg.time_budget_s
+    interrupted = closed < cfg.num_trials and not sweep.callback.budget_ran_out()
     sweep.callback.finish()
     best = sweep.callback.best()
     sweep.tracker.finish_sweep(status="KILLED" if interrupted else "FINISHED", best=best,
@@ -311,9 +313,14 @@ def _tune_config(cfg: SweepConfig, packs: list | None = None):
 
 def _tune_budget(budget: float | None) -> float | None:
     """Tune's time budget: what is left of the sweep's after the start-up, less the finish (FINISH_RESERVE_S)."""
-    if budget is None:
-        return None
-    return max(1.0, budget - (time.monotonic() - STARTED) - FINISH_RESERVE_S)
+    deadline = _budget_deadline(budget)
+    return None if deadline is None else max(1.0, deadline - time.monotonic())
+
+
+def _budget_deadline(budget: float | None) -> float | None:
+    """When (time.monotonic()) Tune's time budget runs out, or a moment before: Tune starts counting _tune_budget a
+    moment after the driver computed it. A sweep whose trials stopped before this time was not stopped by it."""
+    return None if budget is None else STARTED + budget - FINISH_RESERVE_S
 
 
 # ------------------------------------------------------------------------------------------ reporting
@@ -328,7 +335,7 @@ def _print_summary(cfg: SweepConfig, table, best, ui: str, parent: str) -> None:
     print(f"\nleaderboard (top {min(10, len(rows))} of {len(table.trials)} by {cfg.metric}):")
     head = ["trial", "status", *names, "val_loss", "val_bpc", "chars/s", "mlflow run"]
     body = [[r["trial_id"], r["status"], *[_fmt(r.get(n)) for n in names], _fmt(r.get("val_loss")),
-             _fmt(r.get("val_bpc")), f"{r['chars_per_sec']:,.0f}" if r.get("chars_per_sec") else "-",
+             _fmt(r.get("val_bpc")), f"{r['mean_chars_per_sec']:,.0f}" if r.get("mean_chars_per_sec") else "-",
              (r.get("mlflow_run_id") or "")[:12]] for r in rows[:10]]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
     for line in [head, *body]:

@@ -2,10 +2,20 @@
 
 Runs are found again by tags (`rnnsweep.sweep_id` on the parent, `trial_id` on children), so a restarted
 trial or a resumed sweep continues its own run instead of opening a second one.
+
+What a run shows:
+- every run: the corpus as its dataset input (name, digest, source path, size, vocabulary and split).
+- a child: the trial's params, its metrics by iteration, `rnnsweep.status` (pipeline.vocab's status) and the
+  MLflow status it maps to (RUN_STATUS): a trial stopped early by ASHA or the time budget ended normally
+  (FINISHED, with a `stop_reason`); KILLED is an interruption, FAILED an error or a divergence.
+- the parent: the sweep's params and search space (`space.<option>`), and `best_val_loss` / `best_val_bpc`,
+  the metrics of the best trial so far by pipeline.vocab's ranking rule, logged each time a trial ends (step
+  = how many trials have ended), so the chart shows the sweep converging; the tag `best_trial` names it.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import shutil
@@ -20,8 +30,13 @@ if TYPE_CHECKING:
     from .lineage import LineageEvent
 
 SWEEP_TAG = "rnnsweep.sweep_id"
-RESULT_METRICS = ("train_loss", "val_loss", "val_bpc", "best_val_loss", "chars_per_sec", "iterations")
+STATUS_TAG = "rnnsweep.status"  # a trial's status, one of pipeline.vocab.STATUSES
 TRIAL_TAG = "trial_id"
+# a trial's status -> the MLflow status its run ends with
+RUN_STATUS = {"finished": "FINISHED", "stopped": "FINISHED", "diverged": "FAILED", "failed": "FAILED",
+              "interrupted": "KILLED"}
+BEST_METRICS = ("val_loss", "val_bpc")  # logged on the parent as best_<name>: the best trial's value
+DATASET_CONTEXT = "training"  # the corpus's role in every run (MLflow's mlflow.data.context input tag)
 # Set (unless the user set them) before this module first uses MLflow:
 MLFLOW_ENV = {
     # with a tracking server, MLflow prints two "View run/experiment at: URL" lines per ended run; the driver's
@@ -194,11 +209,13 @@ def _new_sqlite_path(uri: str) -> str | None:
 class Tracker:
     """Thin wrapper over MlflowClient with the sweep's run layout."""
 
-    def __init__(self, *, uri: str, experiment: str, sweep_id: str):
+    def __init__(self, *, uri: str, experiment: str, sweep_id: str, corpus: Any = None):
+        """``corpus`` (an rnncore Corpus), when given, is logged as the dataset input of every run created."""
         _quiet_mlflow()
         from mlflow.tracking import MlflowClient
 
         self.uri, self.sweep_id = uri, sweep_id
+        self.dataset = corpus_input(corpus) if corpus is not None else None
         self.client = MlflowClient(tracking_uri=uri)
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
@@ -233,6 +250,7 @@ class Tracker:
             run = self.client.create_run(self.experiment_id, run_name=name, tags={SWEEP_TAG: self.sweep_id})
             self.parent_id = run.info.run_id
             self.client.log_batch(self.parent_id, params=_params(params))
+            self._log_dataset(self.parent_id)
             self.client.log_text(self.parent_id, sweep_text, "sweep.yaml")
         return self.parent_id
 
@@ -266,6 +284,7 @@ class Tracker:
                                      tags={TRIAL_TAG: trial_id, "mlflow.parentRunId": self.parent_id,
                                            SWEEP_TAG: self.sweep_id})
         self.client.log_batch(run.info.run_id, params=_params(params))
+        self._log_dataset(run.info.run_id)
         self.children[trial_id] = run.info.run_id
         self.last_step[run.info.run_id] = -1
         return run.info.run_id
@@ -328,21 +347,50 @@ class Tracker:
             self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def end_run(self, run_id: str, status: str, tags: Mapping[str, Any] | None = None) -> None:
-        """status: FINISHED, FAILED or KILLED."""
-        if tags:
-            self.set_tags(run_id, tags)
-        self.client.set_terminated(run_id, status=status)
+        """End a trial's run: ``status`` is the trial's (pipeline.vocab.STATUSES; tagged `rnnsweep.status`), the run
+        ends with the MLflow status RUN_STATUS maps it to."""
+        if status not in RUN_STATUS:
+            raise ValueError(f"status must be one of {', '.join(RUN_STATUS)}, but got {status!r}")
+        self.set_tags(run_id, {STATUS_TAG: status, **(tags or {})})
+        self.client.set_terminated(run_id, status=RUN_STATUS[status])
+
+    def log_best(self, best: Mapping[str, Any], *, step: int) -> None:
+        """The best trial so far on the parent: ``best_val_loss`` and ``best_val_bpc`` at ``step`` (how many trials
+        have ended), and the tags `best_trial` and `best_run_id`."""
+        self.log_metrics(self.parent_id, {f"best_{k}": best[k] for k in BEST_METRICS
+                                          if isinstance(best.get(k), (int, float))}, step)
+        self.set_tags(self.parent_id, {"best_trial": best.get("trial_id", ""),
+                                       "best_run_id": best.get("mlflow_run_id", "")})
 
     def finish_sweep(self, *, status: str, best: Mapping[str, Any] | None, files: list[str]) -> None:
+        """status: the parent run's MLflow status (FINISHED, or KILLED for an interrupted sweep). ``best`` sets the
+        best-trial tags again (the metrics were logged as each trial ended)."""
         if best:
-            self.log_metrics(self.parent_id, {f"best_{k}": best[k] for k in RESULT_METRICS
-                                              if isinstance(best.get(k), (int, float))}, 0)
-            self.set_tags(self.parent_id, {"best_trial_id": best.get("trial_id", ""),
+            self.set_tags(self.parent_id, {"best_trial": best.get("trial_id", ""),
                                            "best_run_id": best.get("mlflow_run_id", "")})
         for f in files:
             if os.path.exists(f):
                 self.client.log_artifact(self.parent_id, f, "results")
         self.client.set_terminated(self.parent_id, status=status)
+
+    def _log_dataset(self, run_id: str) -> None:
+        if self.dataset is not None:
+            self.client.log_inputs(run_id, datasets=[self.dataset])
+
+
+def corpus_input(corpus: Any):
+    """An rnncore Corpus as an MLflow dataset input, for the runs table's Dataset column: named after its file,
+    with the first 10 hex digits of the file's SHA-256 as digest (MLflow keeps digests short; the parent's
+    `corpus_sha256` param has all of them), the file's path as a local source, and as profile its size in
+    characters, its vocabulary and its split."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    train, val = len(corpus.train), len(corpus.val)
+    profile = {"chars": train + val, "vocab_size": corpus.vocab.size, "train_chars": train, "val_chars": val}
+    dataset = Dataset(name=os.path.basename(corpus.path), digest=corpus.sha256[:10], source_type="local",
+                      source=json.dumps({"uri": os.path.abspath(corpus.path)}), profile=json.dumps(profile))
+    return DatasetInput(dataset=dataset, tags=[InputTag(key=MLFLOW_DATASET_CONTEXT, value=DATASET_CONTEXT)])
 
 
 def _params(d: Mapping[str, Any]) -> list:

@@ -81,7 +81,7 @@ def train_trial(config: dict[str, Any], *, corpus: Corpus, base: dict[str, Any],
     start = _restore(ctx, cfg, corpus, index)
     if start.report.get("diverged"):  # it ended there: training a non-finite state on would only add a report
         return
-    fixed = {"node": ray.get_runtime_context().get_node_id(), "trial_index": index, "trial_seed": cfg.seed,
+    fixed = {**_where(), "trial_index": index, "trial_seed": cfg.seed,
              "target_iterations": cfg.iterations,
              **run_fields(start=start.iteration, token=start.token)}  # which run of the trial, where it took over
     exploit = start.exploit
@@ -214,6 +214,11 @@ def _newer_checkpoint(ctx, restored: "tune.Checkpoint | None", cfg: TrainConfig,
     return best[1], best[2]
 
 
+def _where() -> dict[str, str]:
+    """The Ray node a trial runs on: its id, and its IP address for people (the trials table's node, node_ip)."""
+    return {"node": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address()}
+
+
 def _note_start(index: int, iteration: int) -> None:
     folder = os.environ.get(TEST_PIDFILE_ENV)
     if folder:
@@ -261,7 +266,7 @@ def train_pack(config: dict[str, Any], *, corpus: Corpus, base: dict[str, Any], 
         if not active:  # ended before the restart: keep it ended, as it was
             pt.diverged[k] = diverged
             pt.freeze(k)
-    c0, node = cfgs[0], ray.get_runtime_context().get_node_id()
+    c0, where = cfgs[0], _where()
     ended = {k for k in range(len(members)) if not pt.active[k]}
     for pr in train_loop(pt):
         val = pr.val_loss if pr.val_loss is not None else pt.evaluate()  # Tune wants the metric in every report
@@ -282,7 +287,7 @@ def train_pack(config: dict[str, Any], *, corpus: Corpus, base: dict[str, Any], 
         metrics = {"iteration": pt.iteration, "val_loss": min(vals, default=math.inf),
                    "val_bpc": min(vals, default=math.inf) / math.log(2),
                    "train_loss": min((m["train_loss"] for m in out), default=math.inf),
-                   "members": out, "node": node, "target_iterations": c0.iterations}
+                   "members": out, **where, "target_iterations": c0.iterations}
         with tempfile.TemporaryDirectory() as d:
             for k, i in enumerate(members):
                 ckpt.save(os.path.join(d, member_file(i)), cfgs[k], corpus.vocab, states[k])

@@ -23,7 +23,7 @@ Status = Literal["finished", "stopped", "diverged", "failed", "interrupted", "ru
 # the plan that has no row yet.
 STATUSES: dict[str, str] = {
     "finished": "ran all their iterations",
-    "stopped": "stopped early by the scheduler (ASHA)",
+    "stopped": "stopped early by the scheduler (ASHA) or the time budget",
     "diverged": "loss became non-finite",
     "failed": "raised an error",
     "interrupted": "the sweep was interrupted; finish with --resume",

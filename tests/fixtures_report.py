@@ -106,11 +106,11 @@ def build_trials(specs: list[Mapping[str, Any]], *, base: Mapping[str, Any], see
         finite = [v for it, v in zip(its, vals) if not (status == "diverged" and it == its[-1])]
         if status in ("finished", "stopped"):
             row.update(iterations=last, val_loss=final, val_bpc=final / math.log(2), train_loss=final - 0.05,
-                       best_val_loss=min(finite), chars_per_sec=speed, wall_s=last * 0.01,
+                       min_val_loss=min(finite), mean_chars_per_sec=speed, wall_s=last * 0.01,
                        sample=SAMPLES[i % len(SAMPLES)] + f"\n[{tid}]")
         elif status == "diverged":
             row.update(iterations=last, val_loss=None, val_bpc=float("nan"), train_loss=float("nan"),
-                       best_val_loss=min(finite) if finite else None, chars_per_sec=speed, wall_s=last * 0.01,
+                       min_val_loss=min(finite) if finite else None, mean_chars_per_sec=speed, wall_s=last * 0.01,
                        error=f"loss became non-finite by iteration {last}")
         elif status == "failed":
             row.update(iterations=0, error="RuntimeError: worker died")
@@ -162,8 +162,8 @@ def log_to_mlflow(uri: str, artifact_root: Path, *, name: str, sweep_text: str, 
         if checkpoint is not None and row["status"] in ("finished", "stopped"):
             client.log_artifact(run, str(checkpoint), "model")
         if row["status"] != "running":
-            client.set_terminated(run, status={"finished": "FINISHED", "stopped": "KILLED"}.get(row["status"],
-                                                                                               "FAILED"))
+            client.set_terminated(run, status={"finished": "FINISHED", "stopped": "FINISHED"}.get(row["status"],
+                                                                                                 "FAILED"))
     client.set_terminated(parent, status="FINISHED")
     return parent
 

@@ -93,9 +93,9 @@ TRIALS_TYPES = {
     "hidden_size": pa.int64(), "seq_length": pa.int64(), "batch_size": pa.int64(), "iterations": pa.int64(),
     "target_iterations": pa.int64(),
     "learning_rate": pa.float64(), "val_loss": pa.float64(), "val_bpc": pa.float64(),
-    "best_val_loss": pa.float64(), "chars_per_sec": pa.float64(), "wall_s": pa.float64(),
-    "train_loss": pa.float64(),
-    "node": pa.string(), "sample": pa.string(), "error": pa.string(),
+    "min_val_loss": pa.float64(), "mean_chars_per_sec": pa.float64(), "wall_s": pa.float64(),
+    "train_loss": pa.float64(), "started_at": pa.timestamp("us", tz="UTC"), "ended_at": pa.timestamp("us", tz="UTC"),
+    "node": pa.string(), "node_ip": pa.string(), "sample": pa.string(), "error": pa.string(),
 }
 HISTORY_COLUMNS = ["trial_id", "iteration", "train_loss", "val_loss", "val_bpc", "chars_per_sec", "elapsed_s", "lr",
                    "exploited_from"]
@@ -189,24 +189,33 @@ def test_trials_table_has_one_typed_row_per_trial(e2e: SweepRun) -> None:
     t = e2e.trials()
     assert len(t) == 4 == len(set(t["trial_id"]))
     assert list(t["trial_id"]) == ["t0000", "t0001", "t0002", "t0003"]
-    for name in ("trial_id", "status", "mlflow_run_id", "node", "sample"):
+    for name in ("trial_id", "status", "mlflow_run_id", "node", "node_ip", "sample"):
         assert pd.api.types.is_string_dtype(t[name]), name
     for name in ("hidden_size", "seq_length", "batch_size", "iterations", "target_iterations"):
         assert t[name].dtype == "int64", name
-    for name in ("learning_rate", "val_loss", "val_bpc", "best_val_loss", "chars_per_sec", "wall_s"):
+    for name in ("learning_rate", "val_loss", "val_bpc", "min_val_loss", "mean_chars_per_sec", "wall_s"):
         assert t[name].dtype == "float64", name
+    for name in ("started_at", "ended_at"):
+        assert isinstance(t[name].dtype, pd.DatetimeTZDtype) and str(t[name].dt.tz) == "UTC", name
 
     assert set(t["status"]) <= {"finished", "stopped"}
     assert sorted(t["hidden_size"]) == [16, 16, 32, 32]
     assert t["learning_rate"].between(0.01, 0.3).all()
     assert t["learning_rate"].nunique() == 4
     assert (t["seq_length"] == 16).all() and (t["batch_size"] == 4).all() and (t["target_iterations"] == 200).all()
-    assert t[["val_loss", "val_bpc", "best_val_loss", "train_loss"]].notna().all().all()
+    assert t[["val_loss", "val_bpc", "min_val_loss", "train_loss"]].notna().all().all()
     assert (t["val_bpc"] == t["val_loss"] / LN2).all()
-    assert (t["best_val_loss"] <= t["val_loss"]).all()
-    assert (t["chars_per_sec"] > 0).all() and (t["wall_s"] > 0).all()
+    assert (t["min_val_loss"] <= t["val_loss"]).all()
+    assert (t["mean_chars_per_sec"] > 0).all() and (t["wall_s"] > 0).all()
     assert t["mlflow_run_id"].str.fullmatch(r"[0-9a-f]{32}").all() and t["mlflow_run_id"].nunique() == 4
     assert t["node"].str.len().gt(0).all()
+    assert (t["node_ip"] == "127.0.0.1").all()  # a local Ray on loopback (see FIELD-NOTES.md)
+    # each trial's start and end, in the sweep's lifetime; the trials started 2 at a time, in order
+    made = pd.Timestamp((e2e.output / "trials.parquet").stat().st_mtime, unit="s", tz="UTC")
+    assert (t["started_at"] < t["ended_at"]).all() and (t["ended_at"] <= made).all()
+    assert (made - t["started_at"] < pd.Timedelta(minutes=10)).all()
+    assert t["started_at"].is_monotonic_increasing
+    assert t.loc[2:, "started_at"].min() >= t.loc[:1, "ended_at"].min()  # t0002 waited for a free slot
     assert t["error"].isna().all()
     finished = t[t["status"] == "finished"]
     assert (finished["iterations"] == 200).all()
@@ -245,7 +254,8 @@ def test_history_table_has_one_row_per_report(e2e: SweepRun) -> None:
         else:
             assert len(rows) < 200 // 50
         assert rows["val_loss"].iloc[-1] == row["val_loss"]
-        assert rows["val_loss"].min() == row["best_val_loss"]
+        assert rows["val_loss"].min() == row["min_val_loss"]
+        assert rows["chars_per_sec"].mean() == pytest.approx(row["mean_chars_per_sec"], rel=1e-12)
         assert rows["elapsed_s"].is_monotonic_increasing
         assert (rows["chars_per_sec"] > 0).all()
         assert (rows["lr"] == row["learning_rate"]).all() and row["final_lr"] == row["learning_rate"]
@@ -277,7 +287,7 @@ def test_mlflow_has_one_parent_run_with_the_sweep_file(e2e: SweepRun, e2e_mlflow
     assert parent.data.tags.get(SWEEP_TAG)
     assert parent.info.status == "FINISHED"
     assert parent.data.params["num_trials"] == "4"
-    assert parent.data.tags["best_trial_id"] == "t0000"
+    assert parent.data.tags["best_trial"] == "t0000"
     names = {a.path for a in m.client.list_artifacts(parent.info.run_id)}
     assert "sweep.yaml" in names
     local = m.client.download_artifacts(parent.info.run_id, "sweep.yaml", str(tmp_path))
@@ -301,12 +311,57 @@ def test_mlflow_has_one_child_run_per_trial(e2e: SweepRun, e2e_mlflow: Mlflow) -
         p = run.data.params
         assert int(p["hidden_size"]) == row["hidden_size"] and int(p["seq_length"]) == 16
         assert int(p["batch_size"]) == 4 and float(p["learning_rate"]) == row["learning_rate"]
-        if row["status"] == "finished":
-            assert run.info.status == "FINISHED" and run.data.tags["status"] == "finished"
+        # a trial ASHA stopped ended normally: FINISHED, its status and the one cause tagged
+        assert run.info.status == "FINISHED" and run.data.tags["rnnsweep.status"] == row["status"]
+        if row["status"] == "stopped":
+            assert run.data.tags["stop_reason"] == f"asha at iteration {row['iterations']} of 200"
         else:
-            assert run.info.status == "KILLED" and run.data.tags["status"] == "stopped"
-            reason = run.data.tags["stop_reason"]
-            assert "asha" in reason and f"iteration {row['iterations']} of 200" in reason
+            assert "stop_reason" not in run.data.tags
+        assert "status" not in run.data.tags  # one status tag, not two
+
+
+@pytest.mark.slow
+def test_mlflow_parent_has_the_best_so_far_series_and_the_search_space(e2e: SweepRun, e2e_mlflow: Mlflow) -> None:
+    m, t = e2e_mlflow, e2e.trials().set_index("trial_id")
+    parent = m.parents[0]
+    assert set(parent.data.metrics) == {"best_val_loss", "best_val_bpc"}  # one meaning each, no best_best_*
+    assert parent.data.tags["best_trial"] == "t0000" and parent.data.tags["best_run_id"] == t.loc["t0000",
+                                                                                                  "mlflow_run_id"]
+    assert parent.data.metrics["best_val_loss"] == t.loc["t0000", "val_loss"]
+    assert parent.data.metrics["best_val_bpc"] == t.loc["t0000", "val_bpc"]
+    # best-so-far by trial-completion order: a point as each trial ended (all 4 are ranked), never rising
+    ended = t.sort_values("ended_at")
+    want = [ended["val_loss"].iloc[:k].min() for k in range(1, 5)]
+    series = sorted(m.client.get_metric_history(parent.info.run_id, "best_val_loss"), key=lambda x: x.step)
+    assert [(x.step, x.value) for x in series] == list(zip(range(1, 5), want))
+    bpc = sorted(m.client.get_metric_history(parent.info.run_id, "best_val_bpc"), key=lambda x: x.step)
+    assert [x.value for x in bpc] == [v / LN2 for v in want]
+    # the search space, one param per searched option, as the Ray Tune call it makes
+    p = parent.data.params
+    assert p["space.hidden_size"] == "grid_search([16, 32])"
+    assert p["space.learning_rate"] == "loguniform(0.01, 0.3)"
+    assert not {k for k in p if k.startswith("space.")} - {"space.hidden_size", "space.learning_rate"}
+
+
+@pytest.mark.slow
+def test_every_run_logs_the_corpus_as_its_dataset(e2e: SweepRun, e2e_mlflow: Mlflow) -> None:
+    import hashlib
+    import json
+
+    text = (e2e.cwd / "corpus.txt").read_bytes()
+    sha = hashlib.sha256(text).hexdigest()
+    chars = len(text.decode("utf-8"))
+    assert e2e_mlflow.parents[0].data.params["corpus_sha256"] == sha
+    for run in e2e_mlflow.runs:  # the parent and the 4 children
+        [inp] = run.inputs.dataset_inputs
+        ds = inp.dataset
+        assert (ds.name, ds.digest, ds.source_type) == ("corpus.txt", sha[:10], "local")
+        assert json.loads(ds.source) == {"uri": str((e2e.cwd / "corpus.txt").resolve())}
+        profile = json.loads(ds.profile)
+        assert profile["chars"] == chars == profile["train_chars"] + profile["val_chars"]
+        assert profile["val_chars"] == pytest.approx(0.1 * chars, abs=1)
+        assert profile["vocab_size"] == len(set(text.decode("utf-8")))
+        assert {(tag.key, tag.value) for tag in inp.tags} == {("mlflow.data.context", "training")}
 
 
 @pytest.mark.slow
@@ -486,8 +541,8 @@ def test_a_diverging_trial_is_recorded_and_the_sweep_goes_on(tmp_path: Path, run
 
     m = run.mlflow()
     bad_run, good_run = m.children[bad["trial_id"]], m.children[good["trial_id"]]
-    assert bad_run.data.tags["status"] == "diverged" and bad_run.info.status == "FAILED"
-    assert good_run.data.tags["status"] == "finished" and good_run.info.status == "FINISHED"
+    assert bad_run.data.tags["rnnsweep.status"] == "diverged" and bad_run.info.status == "FAILED"
+    assert good_run.data.tags["rnnsweep.status"] == "finished" and good_run.info.status == "FINISHED"
     assert all(r.info.status != "RUNNING" for r in m.runs)
 
 
@@ -503,7 +558,8 @@ def test_a_time_budget_bounds_the_whole_sweep_not_only_tunes_part(tmp_path: Path
 
     budget = 45  # a first sweep in a fresh clone starts slower: in CI, 25 s left the trials no time to report
     sweep = {**FIFO, "name": "budget", "num_samples": 4, "time_budget_s": budget,
-             "train": {**FIFO["train"], "hidden_size": 64, "iterations": 100_000, "eval_every": 100}}
+             "train": {**FIFO["train"], "hidden_size": 64, "iterations": 100_000, "eval_every": 100,
+                       "sample_every": 200}}
     t0 = time.monotonic()
     run = run_sweep(run_module, tmp_path, sweep, corpus_text(CORPUS_CHARS))
     wall = time.monotonic() - t0
@@ -512,6 +568,21 @@ def test_a_time_budget_bounds_the_whole_sweep_not_only_tunes_part(tmp_path: Path
     t = run.trials()
     assert len(t) >= 1 and (t["iterations"] < 100_000).all()
     assert t["val_loss"].notna().any()  # the cut trials reported before the end
+
+    # the budget ended them: a normal end, with that one cause, their newest checkpoint and their last sample
+    assert (t["status"] == "stopped").all() and t["ended_at"].notna().all(), t[["trial_id", "status"]]
+    m = run.mlflow()
+    assert m.parents[0].info.status == "FINISHED" and m.parents[0].data.tags["best_trial"] in set(t["trial_id"])
+    for row in t.itertuples():
+        child = m.children[row.trial_id]
+        assert child.info.status == "FINISHED" and child.data.tags["rnnsweep.status"] == "stopped"
+        assert child.data.tags["stop_reason"] == f"time budget at iteration {row.iterations} of 100000"
+        if row.iterations:  # (a trial the budget ended before its first report has no checkpoint)
+            assert {a.path for a in m.client.list_artifacts(row.mlflow_run_id, "model")} == {"model/checkpoint.npz"}
+        samples = sorted(a.path for a in m.client.list_artifacts(row.mlflow_run_id, "samples"))
+        if samples:  # the newest sample, also when the budget cut the trial between two samples
+            newest = m.client.download_artifacts(row.mlflow_run_id, samples[-1], str(tmp_path / row.trial_id))
+            assert Path(newest).read_text() == row.sample
 
 
 # ------------------------------------------------------------------------------------------- dry run
@@ -587,6 +658,100 @@ def test_model_family_options_reach_the_run_name_the_mlflow_params_and_the_colum
     table.write()
     row = pd.read_parquet(tmp_path / "out" / "trials.parquet").iloc[0]
     assert {k: row[k] for k in want} == want
+
+
+class StubTracker:
+    """pipeline.tracking.Tracker's side of the callback, recorded instead of logged to MLflow."""
+
+    def __init__(self) -> None:
+        self.ended: dict[str, tuple[str, dict[str, Any]]] = {}  # run -> (status, tags)
+        self.best: list[tuple[int, str]] = []  # (step, best trial)
+        self.files: list[tuple[str, str]] = []
+
+    def trial_run(self, *, trial_id: str, name: str, params: dict[str, Any]) -> str:
+        return f"run-{trial_id}"
+
+    def record_lineage(self, run_id, event) -> None:
+        pass
+
+    def log_metrics(self, run_id, metrics, step) -> bool:
+        return True
+
+    def log_text(self, run_id, text, path) -> None:
+        pass
+
+    def log_file(self, run_id, local_path, artifact_dir) -> None:
+        self.files.append((run_id, artifact_dir))
+
+    def end_run(self, run_id, status, tags=None) -> None:
+        self.ended[run_id] = (status, dict(tags or {}))
+
+    def log_best(self, best, *, step) -> None:
+        self.best.append((step, best["trial_id"]))
+
+
+def _report(it: int, sample: str) -> dict[str, Any]:
+    return {"iteration": it, "train_loss": 3.0, "val_loss": 3.0 - it / 1000, "val_bpc": (3.0 - it / 1000) / LN2,
+            "chars_per_sec": 1e4 + it, "elapsed_s": it / 100, "sample": sample, "lr": 0.05, "diverged": False,
+            "target_iterations": 200, "node": "a" * 56, "node_ip": "127.0.0.1"}
+
+
+def _callback_with_trial(tmp_path: Path, corpus_text, **kwargs: Any):
+    """The driver's callback for E2E (no Ray started, MLflow stubbed) and a Tune trial it saw start and report at
+    iterations 50 (no sample), 100 (a sample) and 150 (none: the trial stopped between two samples)."""
+    from types import SimpleNamespace
+
+    from pipeline.callback import SweepCallback
+    from pipeline.config import load_sweep
+    from pipeline.results import ResultsTable
+
+    cfg = load_sweep(write_sweep(tmp_path, E2E, corpus_text(CORPUS_CHARS)))
+    tracker = StubTracker()
+    table = ResultsTable(tmp_path / "out", sweep_text=cfg.source_text)
+    callback = SweepCallback(cfg=cfg, tracker=tracker, table=table, **kwargs)
+    trial = SimpleNamespace(trial_id="e2e_00002", config={"hidden_size": 16, "learning_rate": 0.05}, storage=None,
+                            checkpoint=None, last_result=None)
+    callback.on_trial_start(0, [trial], trial)
+    for it, sample in ((50, ""), (100, "the sample at 100"), (150, "")):
+        trial.last_result = _report(it, sample)
+        callback.on_trial_result(0, [trial], trial, trial.last_result)
+    return callback, tracker, trial
+
+
+def test_a_trial_asha_stopped_between_samples_ends_finished_and_keeps_its_last_sample(tmp_path: Path,
+                                                                                      corpus_text) -> None:
+    callback, tracker, trial = _callback_with_trial(tmp_path, corpus_text)
+    callback.on_trial_complete(0, [trial], trial)  # before its 200 iterations: the scheduler decided STOP
+    assert tracker.ended == {"run-t0002": ("stopped", {"stop_reason": "asha at iteration 150 of 200"})}
+    assert tracker.best == [(1, "t0002")]
+    row = pd.read_parquet(tmp_path / "out" / "trials.parquet").iloc[0]
+    assert (row["trial_id"], row["status"], row["iterations"]) == ("t0002", "stopped", 150)
+    assert row["sample"] == "the sample at 100"
+    assert row["mean_chars_per_sec"] == 1e4 + 100 and row["min_val_loss"] == 3.0 - 150 / 1000
+    assert row["node_ip"] == "127.0.0.1" and row["started_at"] < row["ended_at"]
+
+
+@pytest.mark.parametrize("ran_out", [True, False])
+def test_trials_left_running_when_tune_returns_were_stopped_by_the_budget_or_interrupted(ran_out: bool,
+                                                                                        tmp_path: Path,
+                                                                                        corpus_text) -> None:
+    """Tune ends trials without on_trial_complete when the time budget runs out (or on Ctrl-C): finish() tells
+    the two apart by the budget's deadline."""
+    import time
+
+    callback, tracker, _ = _callback_with_trial(tmp_path, corpus_text,
+                                                budget_deadline=time.monotonic() + (-1 if ran_out else 3600))
+    assert callback.budget_ran_out() == ran_out
+    callback.finish()
+    row = pd.read_parquet(tmp_path / "out" / "trials.parquet").iloc[0]
+    if ran_out:
+        assert tracker.ended == {"run-t0002": ("stopped", {"stop_reason": "time budget at iteration 150 of 200"})}
+        assert (row["status"], row["iterations"], row["sample"]) == ("stopped", 150, "the sample at 100")
+        assert row["started_at"] < row["ended_at"] and tracker.best == [(1, "t0002")]
+    else:
+        assert tracker.ended == {"run-t0002": ("interrupted", {})}
+        assert (row["status"], row["iterations"]) == ("interrupted", 150) and pd.isna(row["ended_at"])
+        assert tracker.best == []
 
 
 def test_packs_group_trials_by_the_shape_options() -> None:

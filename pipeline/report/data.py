@@ -24,7 +24,8 @@ __all__ = ["FEW_VALUES", "SWEEP_YAML_KEY", "ReportError", "SweepResults", "fmt_v
 
 SWEEP_YAML_KEY = b"rnnsweep.sweep_yaml"
 FEW_VALUES = 5  # numeric options with at most this many distinct values are treated as groups
-_TRIAL_NUMBERS = ("train_loss", "val_loss", "val_bpc", "best_val_loss", "chars_per_sec", "wall_s")
+_TRIAL_NUMBERS = ("train_loss", "val_loss", "val_bpc", "min_val_loss", "mean_chars_per_sec", "wall_s")
+_RENAMED = {"best_val_loss": "min_val_loss", "chars_per_sec": "mean_chars_per_sec"}  # trials columns: old -> new
 _HISTORY_NUMBERS = ("iteration", "train_loss", "val_loss", "val_bpc", "chars_per_sec", "elapsed_s", "lr")
 
 
@@ -109,6 +110,9 @@ def _read_trials(path: Path) -> tuple[pd.DataFrame, dict[bytes, bytes]]:
         trials, meta = _read_table(path, TRIALS_SCHEMA)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same problem for the user
         raise ReportError(f"{path} is not a readable Parquet table: {e}") from None
+    for old, new in _RENAMED.items():  # a table written before the column got its name
+        if old in trials.columns and trials[new].isna().all():
+            trials[new] = trials[old]
     for col in _TRIAL_NUMBERS:
         trials[col] = pd.to_numeric(trials[col], errors="coerce").astype(float)
     for col in [f.name for f in TRIALS_SCHEMA if str(f.type) == "string"]:

@@ -107,11 +107,12 @@ def _leaderboard(res: SweepResults) -> tuple[str, str]:
     for rank, (_, r) in enumerate(ranked.head(TOP_N).iterrows(), 1):
         rows.append([str(rank), r["trial_id"], r["status"], *[fmt_value(r[res.column(n)]) for n in names],
                      *([_fmt_loss(r[res.metric])] if extra else []), _fmt_loss(r["val_loss"]),
-                     _fmt_loss(r["val_bpc"]), _fmt_int(r["iterations"]), _fmt_speed(r["chars_per_sec"]),
+                     _fmt_loss(r["val_bpc"]), _fmt_int(r["iterations"]), _fmt_speed(r["mean_chars_per_sec"]),
                      _fmt_text(r["mlflow_run_id"])])
     right = [True, False, False, *([False] * len(names))] + [True] * (len(head) - 3 - len(names) - 1) + [False]
-    return title, ("Ranked: finished trials and trials stopped early by ASHA (their metric is from the iteration "
-                   "they stopped at); diverged and failed trials are left out. chars/s: mean training speed.\n\n"
+    return title, ("Ranked: finished trials and trials stopped early by ASHA or the time budget (their metric is "
+                   "from the iteration they stopped at); diverged and failed trials are left out. chars/s: mean "
+                   "training speed.\n\n"
                    + _table(head, rows, right))
 
 
