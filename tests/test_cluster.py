@@ -25,6 +25,7 @@ RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0 lets a node stop at once on SIGTERM inst
 from __future__ import annotations
 
 import atexit
+import hashlib
 import json
 import os
 import re
@@ -376,6 +377,7 @@ def test_sweep_runs_on_both_nodes_and_writes_complete_tables(sweep: SweepRun, cl
     assert (t["iterations"] == 6000).all() and t["error"].isna().all()
     assert t["mlflow_run_id"].str.fullmatch(r"[0-9a-f]{32}").all() and t["mlflow_run_id"].nunique() == 4
     assert t["node"].nunique() == 2 and set(t["node"]) == cluster.node_ids, (set(t["node"]), cluster.node_ids)
+    assert (t["node_ip"] == "127.0.0.1").all()  # both nodes listen on loopback
 
     assert len(h) == 4 * len(REPORTS)
     for tid, rows in h.groupby("trial_id"):
@@ -406,9 +408,17 @@ def test_every_run_is_on_the_server_with_params_and_metrics(sweep: SweepRun, clu
     children = {r.data.tags["trial_id"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert sorted(children) == list(t["trial_id"])
+    parent = parents[0]
+    assert parent.data.tags["best_trial"] == t.loc[t["val_loss"].idxmin(), "trial_id"]
+    series = c.get_metric_history(parent.info.run_id, "best_val_loss")
+    assert sorted(m.step for m in series) == [1, 2, 3, 4] and min(m.value for m in series) == t["val_loss"].min()
+    digest = hashlib.sha256((sweep.cwd / "corpus.txt").read_bytes()).hexdigest()[:10]
+    for run in runs:  # the corpus as the dataset of every run, through the server's API
+        assert [(i.dataset.name, i.dataset.digest) for i in run.inputs.dataset_inputs] == [("corpus.txt", digest)]
     for _, row in t.iterrows():
         run = children[row["trial_id"]]
         assert run.info.run_id == row["mlflow_run_id"] and run.info.status == "FINISHED"
+        assert run.data.tags["rnnsweep.status"] == "finished"
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         p = run.data.params
         assert int(p["hidden_size"]) == row["hidden_size"] and float(p["learning_rate"]) == row["learning_rate"]
