@@ -10,7 +10,9 @@ import difflib
 import inspect
 import json
 import re
+import signal
 import sys
+import threading
 from dataclasses import fields
 
 from . import checkpoint
@@ -93,8 +95,17 @@ def build(args) -> Trainer:
     return Trainer(cfg, corpus, state)
 
 
+def stop_like_ctrl_c() -> None:
+    """SIGTERM (docker stop, Kubernetes, Slurm) and SIGHUP (a closed terminal) raise KeyboardInterrupt, as Ctrl-C
+    does, so the run saves its checkpoint and says how to continue."""
+    if threading.current_thread() is threading.main_thread():  # (signal handlers belong to the main thread)
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.default_int_handler)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    stop_like_ctrl_c()
     try:
         trainer = build(args)
     except (CorpusError, checkpoint.CheckpointError, ValueError) as e:

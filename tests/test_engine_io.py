@@ -417,3 +417,34 @@ def test_cli_train_then_sample(tmp_path, small_file):
     assert text.startswith(prime) and len(text) >= len(prime) + 50
     r2 = run_cli("-m", "rnncore.sample", str(out), "--length", "50", "--temperature", "0.8", "--prime", prime)
     assert r2.stdout == r.stdout  # same default seed, same text
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP", "SIGINT"])
+def test_train_cli_stopped_by_a_signal_saves_and_says_how_to_continue(sig: str, tmp_path: Path, cli_env) -> None:
+    """SIGTERM (docker stop, Kubernetes, Slurm) and SIGHUP (a closed terminal) stop rnncore.train as Ctrl-C does:
+    the checkpoint holds the iteration it stopped at, the message says how to continue, exit code 130."""
+    import signal
+    import time
+
+    from conftest import CORPUS
+    from rnncore import checkpoint
+
+    out, metrics = tmp_path / "run.npz", tmp_path / "metrics.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "rnncore.train", "--data", str(CORPUS), "--hidden-size", "16",
+                             "--seq-length", "16", "--iterations", "10000000", "--eval-every", "200",
+                             "--out", str(out), "--metrics-jsonl", str(metrics)], cwd=tmp_path, env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out.exists() and metrics.exists() and metrics.read_text().count("\n") >= 2):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(getattr(signal, sig))
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, (stdout, stderr)
+    stopped_at = checkpoint.load(out).state.iteration
+    assert stopped_at > 200 and f"interrupted at iteration {stopped_at}; saved {out}" in stderr, stderr
+    assert f"continue with --resume {out}" in stderr and "Traceback" not in stderr, stderr
