@@ -32,9 +32,9 @@ code { background: #f0f2f4; padding: .1em .3em; border-radius: 4px; }
 pre { background: #f6f8fa; padding: .8em 1em; border-radius: 6px; overflow-x: auto; }
 pre code { background: none; padding: 0; }
 .table { overflow-x: auto; }
-table { border-collapse: collapse; font-size: 13px; margin: .5em 0; }
-th, td { border: 1px solid #d1d9e0; padding: .25em .5em; vertical-align: bottom; }
-th { background: #f6f8fa; white-space: normal; max-width: 9em; }
+table { border-collapse: collapse; font-size: 12px; margin: .5em 0; }
+th, td { border: 1px solid #d1d9e0; padding: .2em .4em; vertical-align: bottom; }
+th { background: #f6f8fa; white-space: normal; max-width: 6em; }
 td { white-space: nowrap; }
 tr:nth-child(even) td { background: #fafbfc; }
 img { max-width: 100%; height: auto; border: 1px solid #d1d9e0; margin: .4em 0; }
