@@ -308,14 +308,19 @@ def worker_kill(s: Scenario) -> Scenario:
 def driver_kill(s: Scenario, sig: signal.Signals) -> Scenario:
     run = s.start("run")
     run.wait_until("t0002's second checkpoint", s.checkpoint_written("t0002", 1))
+    if sig == signal.SIGKILL:  # a second driver on the same folder while this one runs: refused, starting no Ray
+        second = subprocess.run([sys.executable, "-m", "pipeline.sweep", s.sweep_file.name], cwd=s.cwd,
+                                env={**s.env, "RAY_TMPDIR": str(s.spare_tmp)}, capture_output=True, text=True,
+                                timeout=120)
+        s.facts["second"] = (second, run.proc.pid, run.proc.poll(), list(s.spare_tmp.iterdir()))
     t_kill = time.monotonic()
     if sig == signal.SIGINT:
         os.killpg(run.proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole foreground group
-    else:
-        os.kill(run.proc.pid, signal.SIGKILL)  # the driver alone: Ray's processes are orphaned
+    else:  # SIGTERM: what docker stop and Kubernetes send; SIGKILL: Ray's processes are orphaned
+        os.kill(run.proc.pid, sig)  # the driver alone
     s.facts["rc"] = run.wait(timeout=120)
     s.facts["stop_s"] = time.monotonic() - t_kill
-    if sig == signal.SIGINT:  # Ray's processes go with the driver: the last may take a moment to finish exiting
+    if sig != signal.SIGKILL:  # Ray's processes go with the driver: the last may take a moment to finish exiting
         s.facts["at_exit"] = [named(p) for p in run_pids(s.ray_tmp, s.cwd)]
         s.facts["gone_s"] = seconds_until_gone(s.ray_tmp, s.cwd, timeout=EXIT_GRACE_S)
     s.facts["orphans"] = kill_run_processes(s.ray_tmp, s.cwd)  # before looking at checkpoints: none may follow
@@ -351,6 +356,7 @@ def scenarios(tmp_path_factory, short_tmp, cli_env) -> Iterator[dict[str, Future
         "clean": pool.submit(clean, make("clean")),
         "worker": pool.submit(worker_kill, make("worker")),
         "sigint": pool.submit(driver_kill, make("sigint"), signal.SIGINT),
+        "sigterm": pool.submit(driver_kill, make("sigterm"), signal.SIGTERM),
         "sigkill": pool.submit(driver_kill, make("sigkill"), signal.SIGKILL),
     }
     try:
@@ -375,7 +381,7 @@ def assert_same_results(s: Scenario, ref: Scenario) -> None:
     t, r = s.trials(), ref.trials()
     assert list(t["trial_id"]) == list(r["trial_id"]) == TRIALS
     assert dict(zip(t["trial_id"], t["status"])) == FINAL_STATUS
-    for col in ("learning_rate", "seed", "iterations", "train_loss", "val_loss", "val_bpc", "best_val_loss",
+    for col in ("learning_rate", "seed", "iterations", "train_loss", "val_loss", "val_bpc", "min_val_loss",
                 "sample", "error"):
         pd.testing.assert_series_equal(t[col], r[col], check_exact=True, obj=col)
     h, hr = s.history(), ref.history()
@@ -398,7 +404,7 @@ def assert_mlflow_complete(s: Scenario) -> None:
         assert run.data.tags[PARENT_TAG] == parent.info.run_id
         assert run.info.run_id == t.loc[tid, "mlflow_run_id"]
         assert run.info.status == MLFLOW_STATUS[FINAL_STATUS[tid]], (tid, run.info.status)
-        assert run.data.tags["status"] == FINAL_STATUS[tid]
+        assert run.data.tags["rnnsweep.status"] == FINAL_STATUS[tid]
         rows = h[h["trial_id"] == tid]
         for key in METRICS:
             hist = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
@@ -434,10 +440,12 @@ def test_worker_killed_mid_trial_restarts_from_its_checkpoint(scenarios) -> None
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_the_sweep_within_seconds_and_says_how_to_resume(scenarios) -> None:
-    s, ref = result(scenarios, "sigint"), result(scenarios, "clean")
+@pytest.mark.parametrize("how", ["sigint", "sigterm"])
+def test_ctrl_c_stops_the_sweep_within_seconds_and_says_how_to_resume(scenarios, how: str) -> None:
+    """Ctrl-C (SIGINT to the process group), and SIGTERM to the driver alone (docker stop, Kubernetes), alike."""
+    s, ref = result(scenarios, how), result(scenarios, "clean")
     run = s.runs["run"]
-    print(f"\nSIGINT -> driver exit: {s.facts['stop_s']:.1f} s")
+    print(f"\n{how.upper()} -> driver exit: {s.facts['stop_s']:.1f} s")
     assert s.facts["rc"] == 130, run.describe()
     assert s.facts["stop_s"] < 30, run.describe()  # a few seconds on an idle machine
     assert f"python -m pipeline.sweep {s.sweep_file} --resume" in run.stderr, run.describe()
@@ -455,15 +463,15 @@ def test_ctrl_c_stops_the_sweep_within_seconds_and_says_how_to_resume(scenarios)
     assert [p.info.status for p in parents] == ["KILLED"]
     assert {tid: r.info.status for tid, r in children.items()} == {"t0000": "FAILED", "t0001": "FINISHED",
                                                                   "t0002": "KILLED"}
-    assert children["t0002"].data.tags["status"] == "interrupted"
+    assert children["t0002"].data.tags["rnnsweep.status"] == "interrupted"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how", ["sigint", "sigkill"])
+@pytest.mark.parametrize("how", ["sigint", "sigterm", "sigkill"])
 def test_resume_after_the_driver_was_killed_finishes_the_sweep(scenarios, how: str) -> None:
     s, ref = result(scenarios, how), result(scenarios, "clean")
     assert ref.facts["rc"] == 0, ref.runs["clean"].describe()
-    assert s.facts["rc"] == (130 if how == "sigint" else -signal.SIGKILL), s.runs["run"].describe()
+    assert s.facts["rc"] == (-signal.SIGKILL if how == "sigkill" else 130), s.runs["run"].describe()
     assert s.facts["resume_rc"] == 0, s.runs["resume"].describe()
     before = s.facts["starts_before"]
     assert [it for _, it in before["t0002"]] == [0] and before["t0003"] == []  # the kill hit t0002 mid-trial
@@ -474,7 +482,7 @@ def test_resume_after_the_driver_was_killed_finishes_the_sweep(scenarios, how: s
     for tid in ("t0000", "t0001"):
         again = s.starts(tid)[len(before[tid]):]
         assert all(it == final[tid] for _, it in again), (tid, again)
-        if how == "sigint":  # a graceful stop saves Tune's state: they are not even started
+        if how != "sigkill":  # a graceful stop saves Tune's state: they are not even started
             assert again == [], (tid, again)
     # the interrupted one continues from its newest checkpoint on disk, the pending one starts
     again = s.starts("t0002")[len(before["t0002"]):]
@@ -498,6 +506,20 @@ def test_after_a_sigkill_rerunning_without_resume_refuses_and_names_both_choices
     # what a SIGKILL leaves is readable: the tables as of the last trial that ended
     t = s.facts["trials_before"].set_index("trial_id")
     assert {"t0000", "t0001"} <= set(t.index) and t.loc["t0001", "status"] == "finished"
+
+
+@pytest.mark.slow
+def test_a_second_driver_on_a_folder_in_use_is_refused_naming_the_first(scenarios) -> None:
+    """The same sweep file started again while its driver runs: exit 2 naming that driver's PID, no Ray started,
+    the first driver unharmed (it ran on until the kill). The lock dies with its process: after the SIGKILL,
+    --resume takes the folder (test_resume_after_the_driver_was_killed_finishes_the_sweep)."""
+    s = result(scenarios, "sigkill")
+    second, first_pid, first_alive, ray_files = s.facts["second"]
+    assert second.returncode == 2, second.stderr
+    assert second.stderr.startswith("error:") and "Traceback" not in second.stderr, second.stderr
+    assert f"in use by another sweep driver (PID {first_pid})" in second.stderr, second.stderr
+    assert first_alive is None and ray_files == []
+    assert s.facts["resume_rc"] == 0, s.runs["resume"].describe()
 
 
 # ------------------------------------------------------------------------------------ 4. atomic tables
@@ -640,9 +662,9 @@ def test_a_new_driver_reattaches_the_parent_and_child_runs_and_skips_logged_step
     assert not two.log_metrics(a, {"val_loss": 9.9, "train_loss": 9.9}, step=200)
     assert two.log_metrics(a, {"val_loss": 2.0, "train_loss": 2.1}, step=300)
     c = two.trial_run(trial_id="t0002", name="t0002-c", params={"h": 32})
-    two.end_run(a, "FINISHED", {"status": "finished", "note": "x" * 3000})
+    two.end_run(a, "finished", {"note": "x" * 3000})
     for run in (b, c):
-        two.end_run(run, "KILLED", {"status": "interrupted"})
+        two.end_run(run, "interrupted")
     two.finish_sweep(status="FINISHED", best=None, files=[])
 
     client = two.client
