@@ -289,8 +289,13 @@ def new_scenario(folder: Path, short_tmp, cli_env) -> Scenario:
 
 
 def clean(s: Scenario) -> Scenario:
-    """The reference: the same sweep file, uninterrupted."""
+    """The reference: the same sweep file, uninterrupted (but for a second driver started on its folder, which
+    must be refused and touch nothing)."""
     run = s.start("clean")
+    run.wait_until("t0001's first checkpoint", s.checkpoint_written("t0001", 0))
+    second = subprocess.run([sys.executable, "-m", "pipeline.sweep", s.sweep_file.name], cwd=s.cwd,
+                            env={**s.env, "RAY_TMPDIR": str(s.spare_tmp)}, capture_output=True, text=True, timeout=120)
+    s.facts["second"] = (second, run.proc.pid, run.proc.poll(), list(s.spare_tmp.iterdir()))
     s.facts["rc"] = run.wait()
     return s
 
@@ -308,11 +313,6 @@ def worker_kill(s: Scenario) -> Scenario:
 def driver_kill(s: Scenario, sig: signal.Signals) -> Scenario:
     run = s.start("run")
     run.wait_until("t0002's second checkpoint", s.checkpoint_written("t0002", 1))
-    if sig == signal.SIGKILL:  # a second driver on the same folder while this one runs: refused, starting no Ray
-        second = subprocess.run([sys.executable, "-m", "pipeline.sweep", s.sweep_file.name], cwd=s.cwd,
-                                env={**s.env, "RAY_TMPDIR": str(s.spare_tmp)}, capture_output=True, text=True,
-                                timeout=120)
-        s.facts["second"] = (second, run.proc.pid, run.proc.poll(), list(s.spare_tmp.iterdir()))
     t_kill = time.monotonic()
     if sig == signal.SIGINT:
         os.killpg(run.proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole foreground group
@@ -511,15 +511,15 @@ def test_after_a_sigkill_rerunning_without_resume_refuses_and_names_both_choices
 @pytest.mark.slow
 def test_a_second_driver_on_a_folder_in_use_is_refused_naming_the_first(scenarios) -> None:
     """The same sweep file started again while its driver runs: exit 2 naming that driver's PID, no Ray started,
-    the first driver unharmed (it ran on until the kill). The lock dies with its process: after the SIGKILL,
-    --resume takes the folder (test_resume_after_the_driver_was_killed_finishes_the_sweep)."""
-    s = result(scenarios, "sigkill")
+    the first driver unharmed. The lock dies with its process: after a SIGKILL, --resume takes the folder."""
+    s, killed = result(scenarios, "clean"), result(scenarios, "sigkill")
     second, first_pid, first_alive, ray_files = s.facts["second"]
     assert second.returncode == 2, second.stderr
     assert second.stderr.startswith("error:") and "Traceback" not in second.stderr, second.stderr
     assert f"in use by another sweep driver (PID {first_pid})" in second.stderr, second.stderr
     assert first_alive is None and ray_files == []
-    assert s.facts["resume_rc"] == 0, s.runs["resume"].describe()
+    assert s.facts["rc"] == 0, s.runs["clean"].describe()  # and its results are the reference of every scenario
+    assert killed.facts["resume_rc"] == 0, killed.runs["resume"].describe()
 
 
 # ------------------------------------------------------------------------------------ 4. atomic tables
