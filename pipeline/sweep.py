@@ -36,7 +36,8 @@ STARTED = time.monotonic()  # the sweep's clock: `time_budget_s` counts from her
 # What a sweep does after Tune stops its trials (the last reports, the tables, the parent run, the report and
 # Ray's shutdown) takes time too, measured on 2 cores: 4 s for sweeps/basic.yaml, 12.4 s for sweeps/quality.yaml.
 # Tune's own budget ends this much earlier, so a sweep returns within `time_budget_s` (measured with a reserve of
-# 15 s: 19 s for `time_budget_s: 30` on basic.yaml, 147.4 s for 150 s on quality.yaml; 20 s leaves a margin).
+# 15 s: 19 s for `time_budget_s: 30` on basic.yaml, 147.4 s for 150 s on quality.yaml; 20 s leaves a margin, which
+# also covers logging the best model, ~1.3 s more since).
 FINISH_RESERVE_S = 20.0
 LOCK_FILE = ".lock"  # in the output folder: held by the running driver (see _output_lock)
 IDENTITY_FILE = "sweep.json"  # in the output folder: the sweep file and corpus a sweep started with
@@ -332,7 +333,7 @@ def _finish(sweep: _Sweep) -> int:
     _log_best_model(sweep, best)
     if table.trials:
         folder = report_while(ray.shutdown, cfg.output.resolve(), tracking_uri=sweep.tracking_uri)
-        print(f"report:  {folder / 'report.md'}")
+        print(f"report:  {folder / 'report.md'}  ({folder / 'report.html'} with its plots)")
     statuses = [r["status"] for r in table.trials.values()]
     return 1 if statuses and all(s == "failed" for s in statuses) else 0
 

@@ -1,4 +1,5 @@
-"""MLflow adapter: one experiment per sweep, a parent run, one child run per trial. The only module importing MLflow.
+"""MLflow adapter: one experiment per sweep, a parent run, one child run per trial. The only module of the pipeline
+importing MLflow (``pipeline/mlflow_model.py`` is the logged model's own code, which MLflow loads with the model).
 
 Runs are found again by tags (`rnnsweep.sweep_id` on the parent, `trial_id` on children), so a restarted
 trial or a resumed sweep continues its own run instead of opening a second one.
