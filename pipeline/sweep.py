@@ -8,10 +8,7 @@ Exit codes: 0 the sweep ran (diverged or failed trials are rows with their statu
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import hashlib
-import json
 import logging
 import math
 import os
@@ -21,13 +18,10 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
-import yaml
-
-from . import raycompat
+from . import folder, raycompat
 from .config import ConfigError, SweepConfig, load_sweep
-from .tracking import TrackingError
 from .vocab import CLOSED, ranked
 
 BLAS_ENV = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
@@ -39,8 +33,6 @@ STARTED = time.monotonic()  # the sweep's clock: `time_budget_s` counts from her
 # 15 s: 19 s for `time_budget_s: 30` on basic.yaml, 147.4 s for 150 s on quality.yaml; 20 s leaves a margin, which
 # also covers logging the best model, ~1.3 s more since).
 FINISH_RESERVE_S = 20.0
-LOCK_FILE = ".lock"  # in the output folder: held by the running driver (see _output_lock)
-IDENTITY_FILE = "sweep.json"  # in the output folder: the sweep file and corpus a sweep started with
 
 
 class SweepError(Exception):
@@ -75,11 +67,11 @@ def run_sweep(cfg: SweepConfig, *, address: str | None, resume: bool) -> int:
     from .tracking import check_server, resolve_uri  # imports no MLflow: cheap
 
     # checks that write nothing first: the folder's driver, the folder against --resume, the tracking server
-    _refuse_if_in_use(cfg)
-    tune_dir = _prepare_output(cfg, resume=resume)
+    folder.refuse_if_in_use(cfg)
+    tune_dir = folder.check(cfg, resume=resume)
     uri = resolve_uri(cfg.mlflow.tracking_uri)
     check_server(uri)  # before importing Ray and Tune (seconds), so a dead server fails within its timeout
-    with _output_lock(cfg):  # a second driver on the same output folder stops here
+    with folder.lock(cfg):  # a second driver on the same output folder stops here
         return _run_locked(cfg, tune_dir, uri, address=address, resume=resume)
 
 
@@ -98,7 +90,7 @@ def _run_locked(cfg: SweepConfig, tune_dir: str, uri: str, *, address: str | Non
             _check_resources(cfg, local=not address)
             startup.install_store()
             freeze_at_exit()
-            _record_identity(cfg)
+            folder.record_identity(cfg)
             sweep = _open_sweep(cfg, uri, resume=resume)
             tuner = _build_tuner(sweep, tune_dir, resume=resume)
             _fit(tuner)
@@ -110,130 +102,6 @@ def _run_locked(cfg: SweepConfig, tune_dir: str, uri: str, *, address: str | Non
             raise
         finally:
             ray.shutdown()
-
-
-def _refuse_if_in_use(cfg: SweepConfig) -> None:
-    """Exit early, touching nothing, when a running driver holds the output folder's lock."""
-    lock = cfg.output.resolve() / LOCK_FILE
-    if lock.exists():
-        with open(lock) as f:
-            _take(f, cfg)  # released again when the file closes
-
-
-def _take(f, cfg: SweepConfig) -> None:
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.seek(0)
-        holder = f.read().strip() or "unknown"
-        raise SweepError(f"output folder {cfg.output} is in use by another sweep driver (PID {holder}); "
-                         "wait for it to end (or stop it), or set `output:` to a new folder") from None
-
-
-@contextlib.contextmanager
-def _output_lock(cfg: SweepConfig) -> Iterator[None]:
-    """An exclusive lock on the output folder (``.lock``, holding the driver's PID) while this driver runs: a
-    second driver on the same folder exits instead of mixing its runs and rows into this one's. The lock is the
-    kernel's (flock): it ends with the process, so a killed driver never leaves a stale one. A sweep refused
-    (bad input, an unusable tracking server) leaves the folder as it found it."""
-    output = cfg.output.resolve()
-    created = not output.exists()
-    output.mkdir(parents=True, exist_ok=True)
-    lock = output / LOCK_FILE
-    new_lock = not lock.exists()
-    try:
-        with open(lock, "a+") as f:
-            try:
-                _take(f, cfg)
-            except SweepError:
-                new_lock = False
-                raise
-            f.truncate(0)
-            f.write(f"{os.getpid()}\n")
-            f.flush()
-            try:
-                yield
-            except (SweepError, ConfigError, TrackingError):  # refused (before it began): leave the folder as it was
-                if new_lock:
-                    lock.unlink()
-                raise
-    finally:
-        if created and output.exists() and not any(output.iterdir()):
-            output.rmdir()
-
-
-def _prepare_output(cfg: SweepConfig, *, resume: bool) -> str:
-    """Check the output folder against --resume, and a resumed sweep against what it started with (the sweep
-    file and the corpus, recorded in IDENTITY_FILE); record them for a new one. Returns the folder of Tune's
-    own state."""
-    output = cfg.output.resolve()
-    has_run = (output / "trials.parquet").exists() or (not cfg.storage and (output / "tune").exists())
-    if has_run and not resume:
-        raise SweepError(f"output folder {cfg.output} already holds a sweep; add --resume to finish it, "
-                         "or set `output:` to a new folder")
-    if resume and not has_run:
-        raise SweepError(f"--resume: {cfg.output} holds no sweep to resume; run without --resume to start one")
-    recorded = output / IDENTITY_FILE
-    if resume and recorded.exists():
-        changed = _identity_changes(json.loads(recorded.read_text(encoding="utf-8")), _identity(cfg))
-        if changed:
-            raise SweepError(f"--resume: {'; '.join(changed)} since the sweep in {cfg.output} started, so its trials "
-                             f"would not continue what they began; restore the sweep file as it was (the text it "
-                             f"started with is in {recorded}) and the corpus, or set `output:` to a new folder to "
-                             "start a new sweep")
-    return (cfg.storage.rstrip("/") + "/" + cfg.name) if cfg.storage else str(output / "tune")
-
-
-def _record_identity(cfg: SweepConfig) -> None:
-    """Record what the sweep starts with (once: a resumed sweep keeps the first record)."""
-    path = cfg.output.resolve() / IDENTITY_FILE
-    if not path.exists():
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(_identity(cfg), indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-
-
-def _identity(cfg: SweepConfig) -> dict[str, Any]:
-    """What a sweep's trials depend on: its sweep file (as parsed: comments and layout aside) and its corpus."""
-    corpus = cfg.corpus()
-    return {"sweep_text": cfg.source_text, "sweep": yaml.safe_load(cfg.source_text),
-            "corpus": {"path": str(cfg.data.path), "sha256": corpus.sha256,
-                       "characters": int(len(corpus.train) + len(corpus.val))}}
-
-
-def _identity_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """What differs between two identities, in words: the sweep file's changed keys, the corpus's size and digest."""
-    changes = []
-    keys = _changed_keys(old.get("sweep"), new["sweep"])
-    if keys:
-        shown = ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
-        changes.append(f"the sweep file changed ({shown})")
-    was, now = old.get("corpus", {}), new["corpus"]
-    if was.get("sha256") not in (None, now["sha256"]):
-        changes.append(f"the corpus changed ({was.get('characters')} characters, sha256 {was['sha256'][:12]}… then; "
-                       f"{now['characters']} characters, sha256 {now['sha256'][:12]}… now)")
-    return changes
-
-
-def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """The dotted keys whose values differ between two parsed YAML documents (added and removed ones too)."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for key in [*old, *(k for k in new if k not in old)]:
-            where = f"{prefix}{key}"
-            if key not in new:
-                out.append(f"{where} removed")
-            elif key not in old:
-                out.append(f"{where} added")
-            else:
-                out += _changed_keys(old[key], new[key], f"{where}.")
-        return out
-    return [] if old == new else [f"{prefix.rstrip('.')}: {_short(old)} -> {_short(new)}"]
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _open_sweep(cfg: SweepConfig, uri: str, *, resume: bool) -> _Sweep:
@@ -536,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\ninterrupted: finish with  python -m pipeline.sweep {cfg.source_path} --resume" if started
               else "\ninterrupted before any trial started; run the same command again", file=sys.stderr)
         return 130
-    except (SweepError, ConfigError) as e:
+    except (SweepError, ConfigError, folder.FolderError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:

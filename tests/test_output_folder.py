@@ -27,12 +27,12 @@ def started_sweep(folder: Path, corpus: str, monkeypatch: pytest.MonkeyPatch) ->
     """A sweep file and an output folder as a sweep leaves them once it started: Tune's folder and the record
     of what it started with (written by the driver's own function)."""
     from pipeline.config import load_sweep
-    from pipeline.sweep import _record_identity
+    from pipeline.folder import record_identity
 
     monkeypatch.chdir(folder)  # `output: out` is relative to the working directory
     path = write_sweep(folder, SWEEP, corpus)
     (folder / "out" / "tune").mkdir(parents=True)
-    _record_identity(load_sweep(path))
+    record_identity(load_sweep(path))
     return path
 
 
@@ -68,12 +68,12 @@ def test_resume_refuses_a_changed_sweep_file_or_corpus_before_touching_anything(
 
 def test_the_identity_ignores_comments_and_layout(tmp_path: Path, corpus_text) -> None:
     from pipeline.config import load_sweep
-    from pipeline.sweep import _identity, _identity_changes
+    from pipeline.folder import identity, identity_changes
 
     first = load_sweep(write_sweep(tmp_path, SWEEP, corpus_text(20_000)))
     text = (tmp_path / "sweep.yaml").read_text()
     again = load_sweep(write_sweep(tmp_path, "# the same sweep, reformatted\n" + text.replace(": ", ":   ")))
-    assert _identity_changes(_identity(first), _identity(again)) == []
+    assert identity_changes(identity(first), identity(again)) == []
 
 
 def test_a_folder_locked_by_another_process_is_refused_naming_its_pid(tmp_path: Path, run_module, cli_env,
