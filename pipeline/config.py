@@ -369,9 +369,21 @@ def _read(path: Path) -> str:
                            "re-save it as UTF-8"], path) from None
 
 
+MAX_YAML_VALUES = 100_000  # what a sweep file's aliases (*name) may expand it to; a sweep file needs a few hundred
+
+
 def _parse_yaml(text: str, path: Path) -> dict[str, Any]:
+    """The sweep file's mapping, read by PyYAML's safe loader. Between composing and constructing, the node graph
+    is checked for what YAML accepts and a sweep file never means: aliases that expand without bound (a "billion
+    laughs" inside a valid key costs every later step that walks the value seconds and gigabytes)."""
+    loader = yaml.SafeLoader(text)
     try:
-        raw = yaml.safe_load(text)
+        node = loader.get_single_node()
+        if node is not None:
+            problems = _alias_problems(node)
+            if problems:
+                raise ConfigError(problems, path)
+        raw = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "an unknown position"
@@ -380,8 +392,57 @@ def _parse_yaml(text: str, path: Path) -> dict[str, Any]:
                            "(indentation, a missing ':' or an unclosed bracket or quote)"], path) from None
     except yaml.YAMLError as e:
         raise ConfigError([f"yaml: invalid YAML: {e}; fix the syntax"], path) from None
+    except RecursionError:
+        raise ConfigError(["yaml: must nest at most a few hundred levels deep, but got deeper; a sweep file "
+                           "needs three or four"], path) from None
+    except ValueError as e:  # a value its type cannot hold: a date 2024-13-01, an integer of over 4300 digits
+        raise ConfigError([f"yaml: every value must be readable as its type, but one is not ({str(e)[:200]}); "
+                           "fix it, or quote it to make it text"], path) from None
+    finally:
+        loader.dispose()
     if not isinstance(raw, dict):
         got = "an empty file" if raw is None else f"a {type(raw).__name__} ({show(raw)})"
         raise ConfigError([f"(top level): must be a mapping of sweep keys (name:, data:, train:, ...), but got {got}; "
                            "start from sweeps/basic.yaml"], path)
     return raw
+
+
+def _where(node: yaml.Node) -> str:
+    return f"line {node.start_mark.line + 1}, column {node.start_mark.column + 1}"
+
+
+def _alias_problems(root: yaml.Node) -> list[str]:
+    """A problem if aliases expand the document past MAX_YAML_VALUES values, or an alias sits inside its own
+    anchor (it expands forever). Counted on the node graph, where an alias is the anchored node itself: each
+    node is counted once, so the check costs what the file's size does."""
+    sizes: dict[int, int] = {}  # id(node) -> values it expands to, itself included
+    unique, inside = [0], set()  # nodes in the graph; nodes being counted (an alias to one of them is a loop)
+
+    def size(node: yaml.Node) -> int | yaml.Node:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in inside:
+            return node
+        inside.add(id(node))
+        unique[0] += 1
+        total = 1
+        children = [c for pair in node.value for c in pair] if isinstance(node, yaml.MappingNode) else \
+            node.value if isinstance(node, yaml.SequenceNode) else []
+        for child in children:
+            n = size(child)
+            if isinstance(n, yaml.Node):
+                return n
+            total += n
+        inside.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    total = size(root)
+    if isinstance(total, yaml.Node):
+        return [f"yaml: an alias must not sit inside its own anchor, but the node at {_where(total)} contains an "
+                "alias to itself, which expands forever; write the values out"]
+    if total > max(MAX_YAML_VALUES, unique[0]):
+        return [f"yaml: aliases (*name) may expand the file to at most {MAX_YAML_VALUES:,} values, but they expand it "
+                f"to {total:,}; write the values out, or alias less"]
+    return []
+

@@ -46,7 +46,7 @@ def _name(value: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
         fix = re.sub(r"[^A-Za-z0-9._-]+", "_", value).strip("._-") or "my_sweep"
         raise ValueError(f"must be letters, digits, '.', '_' or '-' (it names a folder and an MLflow "
-                         f"experiment), but got {value!r}; try {fix!r}")
+                         f"experiment), but got {show(value)}; try {show(fix)}")
     return value
 
 
@@ -54,7 +54,7 @@ def _model_name(value: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
         fix = re.sub(r"[^A-Za-z0-9._-]+", "-", value).strip("._-") or "my-model"
         raise ValueError(f"must be letters, digits, '.', '_' or '-' (it names a registered MLflow model, loaded as "
-                         f"models:/NAME/VERSION), but got {value!r}; try {fix!r}")
+                         f"models:/NAME/VERSION), but got {show(value)}; try {show(fix)}")
     return value
 
 

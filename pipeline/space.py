@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
+from rnncore.config import show  # a value as an error message quotes it, cut short
+
 __all__ = ["SEARCH_KINDS", "Domain", "DomainError", "SearchKind"]
 
 SearchKind = Literal[
@@ -43,12 +45,6 @@ _LOG_KINDS = ("loguniform", "qloguniform", "lograndint")
 # --------------------------------------------------------------------------- wording shared with the config
 
 
-def show(value: Any, limit: int = 60) -> str:
-    """A value as an error message quotes it: its repr, cut to ``limit`` characters."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def unknown(key: Any, valid: Iterable[str], what: str = "key") -> str:
     """``unknown key; did you mean 'x'?`` (a close match, else a prefix: grace -> grace_period), else the list."""
     valid, key = list(valid), str(key)
@@ -60,7 +56,7 @@ def unknown(key: Any, valid: Iterable[str], what: str = "key") -> str:
 
 def number_hint(value: Any) -> str | None:
     """The fix for a number that YAML read as text, e.g. ``1e-3`` (YAML 1.1 needs ``1.0e-3``)."""
-    if not isinstance(value, str):
+    if not isinstance(value, str) or len(value) > 40:  # a number is short; the hint quotes the text
         return None
     try:
         number = float(value)
@@ -108,7 +104,7 @@ def _problems(kind: str, args: tuple) -> list[str]:
                                 "plain value"]
     required, optional = _RANGE_ARGS[kind]
     if not len(required) <= len(args) <= len(required) + len(optional):
-        return [f"takes [{_arg_spec(kind)}], but got {len(args)} value(s) {list(args)!r}; "
+        return [f"takes [{_arg_spec(kind)}], but got {len(args)} value(s) {show(list(args))}; "
                 f"write {kind}: [{', '.join(required)}]"]
     named = dict(zip((*required, *optional), args))
     problems = []
@@ -169,7 +165,7 @@ class Domain:
         """A domain as a sweep file writes it: the one-key mapping ``{kind: [args]}``."""
         if len(value) != 1:
             raise DomainError("", [f"a searched option is a one-key mapping such as {{choice: [...]}}, but got "
-                                   f"{len(value)} keys {list(value)!r}; keep exactly one of {', '.join(SEARCH_KINDS)}"])
+                                   f"{len(value)} keys {show(list(value))}; keep exactly one of {', '.join(SEARCH_KINDS)}"])
         kind, args = next(iter(value.items()))
         if kind in SEARCH_KINDS and not isinstance(args, list):
             spec = "values" if kind in CATEGORICAL else _arg_spec(kind)

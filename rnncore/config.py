@@ -119,6 +119,38 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
 }
 
 
+def show(value: Any, limit: int = 60) -> str:
+    """`value` as an error message quotes it: its repr, cut to `limit` characters. Lists, tuples and dicts are
+    written item by item up to the limit, so a huge value costs what a short one does (a YAML alias bomb is one
+    list shared millions of times: its full repr runs to hundreds of megabytes)."""
+    out: list[str] = []
+
+    def write(v: Any, budget: int) -> int:  # characters written, stopping past `budget`
+        if type(v) not in (list, tuple, dict):
+            out.append(repr(v[: max(budget, 0) + 1]) if type(v) is str else repr(v))
+            return len(out[-1])
+        brackets = {list: "[]", tuple: "()", dict: "{}"}[type(v)]
+        out.append(brackets[0])
+        n = 1
+        for i, item in enumerate(v.items() if type(v) is dict else v):
+            if n > budget:
+                return n
+            out.append(", " * (i > 0))
+            n += len(out[-1])
+            if type(v) is dict:
+                n += write(item[0], budget - n)
+                out.append(": ")
+                n += 2 + write(item[1], budget - n - 2)
+            else:
+                n += write(item, budget - n)
+        out.append("," * (type(v) is tuple and len(v) == 1) + brackets[1])
+        return n + len(out[-1])
+
+    write(value, limit)
+    text = "".join(out)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class OptionError(ValueError):
     """A value that breaks option `name`'s rule. str() is "<name> <rule>"; `rule` is the text after the name."""
 
@@ -137,14 +169,14 @@ def coerce(name: str, value: Any) -> Any:
     t = FIELD_TYPES[name]
     if t is int:
         if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
-            raise OptionError(name, f"must be an integer, but got {value!r}")
+            raise OptionError(name, f"must be an integer, but got {show(value)}")
         return int(value)
     if t is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise OptionError(name, f"must be a number, but got {value!r}")
+            raise OptionError(name, f"must be a number, but got {show(value)}")
         return float(value)
     if t is str and not isinstance(value, str):
-        raise OptionError(name, f"must be a string, but got {value!r}")
+        raise OptionError(name, f"must be a string, but got {show(value)}")
     return value
 
 
@@ -163,7 +195,7 @@ def check_value(name: str, value: Any) -> None:
         if FIELD_TYPES[name] is str:
             close = difflib.get_close_matches(value, rule.removeprefix("must be one of ").split(", "), n=1)
             fix = f"did you mean {close[0]!r}?" if close else fix
-        raise OptionError(name, f"{rule}, but got {name}={value!r}; {fix}")
+        raise OptionError(name, f"{rule}, but got {name}={show(value)}; {fix}")
 
 
 def check_together(values: dict[str, Any]) -> str | None:

@@ -1,7 +1,8 @@
 """Helpers the test modules share: each is defined here once and imported (`from helpers import ...`).
 
 - Sweep files: `write_sweep` puts a sweep file (and a corpus) in a folder, `edit` changes nested keys of a
-  sweep dict, `make_read_only_dir` sets up an output folder nobody may write to.
+  sweep dict, `make_read_only_dir` sets up an output folder nobody may write to, `alias_bomb` is a sweep file
+  whose one valid key hides a YAML "billion laughs".
 - Sweep outputs: `read_trials` and `read_history` read a sweep's Parquet tables in a fixed row order.
 - Numbers: `rel_diff`, the relative difference every parity test judges its tolerance by, and
   `assert_same_state`, the bit-for-bit comparison of two trainers' states that every resume test makes.
@@ -52,6 +53,16 @@ def edit(**changes: Any) -> Callable[[dict], dict]:
         return sweep
 
     return apply
+
+
+def alias_bomb(depth: int, width: int = 9) -> str:
+    """A sweep file (corpus.txt, output out) whose `train.seq_length: {choice: ...}` nests `depth` anchored lists,
+    each holding the one before and `width - 1` aliases to it: about width**(depth + 1) values once expanded,
+    in a file of a few hundred bytes."""
+    inner = "&a0 [" + ", ".join(["lol"] * width) + "]"
+    for i in range(1, depth + 1):
+        inner = f"&a{i} [{inner}, " + ", ".join([f"*a{i - 1}"] * (width - 1)) + "]"
+    return f"name: bomb\ndata: {{path: corpus.txt}}\noutput: out\ntrain:\n  seq_length: {{choice: {inner}}}\n"
 
 
 def make_read_only_dir(folder: Path) -> None:

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import pytest
 
-from helpers import edit, make_read_only_dir, write_sweep
+from helpers import alias_bomb, edit, make_read_only_dir, write_sweep
 from pipeline.config import (
     SEARCH_KINDS,
     AshaScheduler,
@@ -74,6 +74,17 @@ BAD_CASES: list[tuple[str, Callable[[dict], dict] | str, Callable[[Path], None] 
     ("top-level-list", "- name: t\n- data: corpus.txt\n", None,
      ["(top level): must be a mapping", "but got a list"]),
     ("empty-file", "# nothing here\n", None, ["(top level): must be a mapping", "but got an empty file"]),
+    ("yaml-alias-bomb", alias_bomb(6), None,  # 5 million values in 300 bytes (the CLI test takes depth 8)
+     ["yaml: aliases (*name) may expand the file to at most 100,000 values, but they expand it to 5,380,854; "
+      "write the values out, or alias less"]),
+    ("yaml-alias-inside-its-anchor", "name: t\ndata: {path: corpus.txt}\ntrain: &loop {hidden_size: *loop}\n", None,
+     ["yaml: an alias must not sit inside its own anchor, but the node at line 3, column 8"]),
+    ("yaml-nested-past-recursion", "name: t\ntrain: {seq_length: " + "[" * 5000 + "]" * 5000 + "}\n", None,
+     ["yaml: must nest at most a few hundred levels deep"]),
+    ("yaml-date-out-of-range", "name: t\ndata: {path: corpus.txt}\ntrain: {seed: 2024-13-01}\n", None,
+     ["yaml: every value must be readable as its type, but one is not (month must be in 1..12); fix it, or quote"]),
+    ("yaml-integer-past-4300-digits", "name: t\ndata: {path: corpus.txt}\ntrain: {seed: " + "9" * 5000 + "}\n", None,
+     ["yaml: every value must be readable as its type, but one is not (Exceeds the limit (4300 digits)"]),
     ("int-past-int64", edit(train__seed=2**63), None,  # the tables store it as int64
      [f"train.seed: must fit in 64 bits (at most {2**63 - 1}), but got seed={2**63}"]),
     ("int-past-int64-in-a-range", edit(train__iterations={"randint": [10, 2**64]}), None,
@@ -234,6 +245,26 @@ def test_bad_sweep_is_rejected_without_side_effects(
         assert part in message, f"{part!r} not in:\n{message}"
     assert len(info.value.problems) == 1, message  # the one change causes exactly one problem
     assert listing(workspace) == before  # nothing created: no output folder, no cache
+
+
+HUGE_VALUES = [  # each breaks one rule with a value whose full repr runs to 100 kB or more
+    ("long-list-in-a-choice", edit(train__seq_length={"choice": [list(range(20_000))]})),
+    ("long-list-as-a-range", edit(train__learning_rate={"uniform": list(range(20_000))})),
+    ("long-text", edit(train__cell="x" * 100_000)),
+    ("long-name", edit(name="a/" * 50_000)),
+    ("long-mapping-key-list", edit(train__seq_length={str(i): i for i in range(10_000)})),
+    ("alias-bomb-under-the-alias-limit", alias_bomb(4)),  # 59,049 values, each list shared
+]
+
+
+@pytest.mark.parametrize("change", [c for _, c in HUGE_VALUES], ids=[i for i, _ in HUGE_VALUES])
+def test_a_message_quotes_at_most_a_few_hundred_characters_of_a_value(workspace: Path, change) -> None:
+    sweep = change if isinstance(change, str) else change(copy.deepcopy(BASE))
+    path = write_sweep(workspace, sweep)
+    with pytest.raises(ConfigError) as info:
+        load_sweep(path)
+    assert all(len(p) < 400 for p in info.value.problems), [p[:500] for p in info.value.problems]
+    assert len(str(info.value)) < 2000, str(info.value)[:3000]
 
 
 def test_read_only_ancestor_is_reported_even_as_root(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:

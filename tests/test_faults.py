@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from helpers import edit, make_read_only_dir, read_history, read_trials, write_sweep
+from helpers import alias_bomb, edit, make_read_only_dir, read_history, read_trials, write_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 PIDFILE_ENV = "RNNSWEEP_TEST_PIDFILE_DIR"
@@ -729,6 +729,29 @@ def test_hostile_sweep_input_exits_2_with_one_message_and_touches_nothing(
     assert snapshot(tmp_path) == before  # no output folder, no mlflow.db, no mlruns
     assert list(fresh_ray_tmpdir.iterdir()) == []  # Ray never started
     assert not (tmp_path / "PWNED").exists()  # no value of the file ran as code
+
+
+def test_yaml_alias_bomb_exits_2_at_once_with_a_short_message(tmp_path: Path, cli_env, fresh_ray_tmpdir,
+                                                              snapshot, proc_text) -> None:
+    """A "billion laughs" inside a valid key (435 million values in 500 bytes), under a 1 GiB address-space cap:
+    refused before anything walks the value. It used to take 10 s and 1.8 GB at depth 8 and print a 351 MB
+    message (the value was repr'd before it was shortened), and to be OOM-killed at depth 9."""
+    import resource
+
+    def cap_memory() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+    write_sweep(tmp_path, alias_bomb(8), corpus(5000).encode())
+    before = snapshot(tmp_path)
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "pipeline.sweep", "sweep.yaml"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60, preexec_fn=cap_memory, env=cli_env(ray_tmp=fresh_ray_tmpdir))
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 2, proc_text(proc)
+    assert len(proc.stderr) < 2000 and proc.stdout == "", proc_text(proc)
+    assert "yaml: aliases (*name) may expand the file to at most 100,000 values" in proc.stderr, proc_text(proc)
+    assert elapsed < 10, f"{elapsed:.1f} s"  # about 1 s, most of it Python's start
+    assert snapshot(tmp_path) == before and list(fresh_ray_tmpdir.iterdir()) == []
 
 
 def _evil_pickle(marker: Path) -> bytes:
