@@ -375,12 +375,13 @@ MAX_YAML_VALUES = 100_000  # what a sweep file's aliases (*name) may expand it t
 def _parse_yaml(text: str, path: Path) -> dict[str, Any]:
     """The sweep file's mapping, read by PyYAML's safe loader. Between composing and constructing, the node graph
     is checked for what YAML accepts and a sweep file never means: aliases that expand without bound (a "billion
-    laughs" inside a valid key costs every later step that walks the value seconds and gigabytes)."""
+    laughs" inside a valid key costs every later step that walks the value seconds and gigabytes), and a key
+    given twice in one mapping (YAML keeps the last one, silently)."""
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
         if node is not None:
-            problems = _alias_problems(node)
+            problems = _alias_problems(node) or _duplicate_keys(node)
             if problems:
                 raise ConfigError(problems, path)
         raw = loader.construct_document(node) if node is not None else None
@@ -446,3 +447,34 @@ def _alias_problems(root: yaml.Node) -> list[str]:
                 f"to {total:,}; write the values out, or alias less"]
     return []
 
+
+def _duplicate_keys(root: yaml.Node) -> list[str]:
+    """``key: must appear once ...`` for each key given twice in one mapping, named by its dotted key, in the
+    file's order (YAML's merge key ``<<`` may be overridden: that is what it is for)."""
+    problems: list[tuple[int, str]] = []  # (line, problem)
+    seen: set[int] = set()
+
+    def walk(node: yaml.Node, key: str) -> None:
+        if id(node) in seen:  # an alias: checked where it was anchored
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for i, child in enumerate(node.value):
+                walk(child, f"{key}[{i}]")
+        if not isinstance(node, yaml.MappingNode):
+            return
+        lines: dict[tuple[str, str], list[int]] = {}  # (tag, key) -> the lines it is given on
+        for k, v in node.value:
+            name = k.value if isinstance(k, yaml.ScalarNode) else "?"
+            if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
+                lines.setdefault((k.tag, name), []).append(k.start_mark.line + 1)
+            walk(v, f"{key}.{name}" if key else name)
+        for (_, name), at in lines.items():
+            if len(at) > 1:
+                dotted = (f"{key}.{name}" if key else name)[:200]
+                problems.append((at[0], f"{dotted}: a key must appear once in its mapping, but it appears at lines "
+                                        f"{', '.join(map(str, at[:-1]))} and {at[-1]}; YAML would keep only the "
+                                        "last, so delete the others"))
+
+    walk(root, "")
+    return [text for _, text in sorted(problems)]

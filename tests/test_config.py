@@ -13,6 +13,7 @@ import pytest
 
 from helpers import alias_bomb, edit, make_read_only_dir, write_sweep
 from pipeline.config import (
+    FILE_KEYS,
     SEARCH_KINDS,
     AshaScheduler,
     ConfigError,
@@ -85,6 +86,12 @@ BAD_CASES: list[tuple[str, Callable[[dict], dict] | str, Callable[[Path], None] 
      ["yaml: every value must be readable as its type, but one is not (month must be in 1..12); fix it, or quote"]),
     ("yaml-integer-past-4300-digits", "name: t\ndata: {path: corpus.txt}\ntrain: {seed: " + "9" * 5000 + "}\n", None,
      ["yaml: every value must be readable as its type, but one is not (Exceeds the limit (4300 digits)"]),
+    ("duplicate-train-key", "name: t\ndata: {path: corpus.txt}\ntrain:\n  learning_rate: 0.1\n  seq_length: 16\n"
+     "  learning_rate: 0.2\n", None,
+     ["train.learning_rate: a key must appear once in its mapping, but it appears at lines 4 and 6; YAML would keep "
+      "only the last, so delete the others"]),
+    ("duplicate-top-key", "name: t\noutput: a\ndata: {path: corpus.txt}\noutput: b\n", None,
+     ["output: a key must appear once in its mapping, but it appears at lines 2 and 4"]),
     ("int-past-int64", edit(train__seed=2**63), None,  # the tables store it as int64
      [f"train.seed: must fit in 64 bits (at most {2**63 - 1}), but got seed={2**63}"]),
     ("int-past-int64-in-a-range", edit(train__iterations={"randint": [10, 2**64]}), None,
@@ -245,6 +252,15 @@ def test_bad_sweep_is_rejected_without_side_effects(
         assert part in message, f"{part!r} not in:\n{message}"
     assert len(info.value.problems) == 1, message  # the one change causes exactly one problem
     assert listing(workspace) == before  # nothing created: no output folder, no cache
+
+
+def test_merge_key_may_be_overridden(workspace: Path) -> None:
+    """YAML's merge key (<<) exists to be overridden: that is not a key given twice."""
+    text = ("name: t\ndata: {path: corpus.txt}\nsmall: &small {hidden_size: 8, seq_length: 16}\n"
+            "train:\n  <<: *small\n  hidden_size: 16\n")
+    with pytest.raises(ConfigError) as info:
+        load_sweep(write_sweep(workspace, text))
+    assert info.value.problems == ["small: unknown key; valid keys: " + ", ".join(FILE_KEYS)]
 
 
 HUGE_VALUES = [  # each breaks one rule with a value whose full repr runs to 100 kB or more
