@@ -28,9 +28,9 @@ PARAMS: dict[str, Any] = {"length": 500, "temperature": 0.8, "seed": 0}
 
 class CharRNN(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        from rnncore.checkpoint import load_weights
+        from rnncore.checkpoint import load_sampler
 
-        self.P, self.vocab = load_weights(context.artifacts[CHECKPOINT])
+        self.P, self.vocab, self.h = load_sampler(context.artifacts[CHECKPOINT])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[str]:
         p = {**PARAMS, **(params or {})}
@@ -38,7 +38,8 @@ class CharRNN(mlflow.pyfunc.PythonModel):
         if length <= 0 or temperature <= 0 or seed < 0:
             raise ValueError(f"params must have length > 0, temperature > 0 and seed >= 0, but got "
                              f"length={length}, temperature={temperature}, seed={seed}")
-        return [generate_from(self.P, self.vocab, length, temperature, prompt, seed) for prompt in prompts(model_input)]
+        return [generate_from(self.P, self.vocab, length, temperature, prompt, seed, h=self.h)
+                for prompt in prompts(model_input)]
 
 
 def prompts(model_input: Any) -> list[str]:

@@ -5,7 +5,7 @@
     for progress in train_loop(trainer):
         print(progress.iteration, progress.val_bpc)
 """
-from .checkpoint import Checkpoint, CheckpointError, load, load_weights, save
+from .checkpoint import Checkpoint, CheckpointError, load, load_sampler, load_weights, save
 from .config import TrainConfig
 from .data import Corpus, CorpusError, Vocab, check_fits, load_corpus, make_corpus, read_text
 from .model import Params, evaluate, init_params, sample
@@ -14,5 +14,5 @@ from .trainer import Progress, Trainer, TrainState, init_state, train_loop
 __all__ = [
     "TrainConfig", "Corpus", "CorpusError", "Vocab", "check_fits", "load_corpus", "make_corpus", "read_text",
     "Params", "evaluate", "init_params", "sample", "Progress", "Trainer", "TrainState", "init_state",
-    "train_loop", "Checkpoint", "CheckpointError", "load", "load_weights", "save",
+    "train_loop", "Checkpoint", "CheckpointError", "load", "load_sampler", "load_weights", "save",
 ]

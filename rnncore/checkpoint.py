@@ -5,7 +5,8 @@ by (V,1); rnncore.model.shapes lists every cell's); vocab (V,) unicode; the opti
 (and Adam's first moments mom<name>); h (B, S*H). Scalars: iteration, p, smooth_loss. JSON strings: config
 (which names the cell and the layer count), rng_state. A file holding only the weights and vocab is enough
 for `load_weights` (sampling, --init-from): the cell and the layer count are read off the arrays' shapes,
-so files written before there were cells load as the seed's rnn.
+so files written before there were cells load as the seed's rnn. Sampling without a prime starts from h where
+the file has one (`load_sampler`).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from .config import TrainConfig
 from .data import Vocab
-from .model import Params, shapes
+from .model import Params, shapes, state_size
 from .trainer import TrainState, check_state, host_state
 
 FORMAT = "rnncore-checkpoint-2"
@@ -108,7 +109,20 @@ def _model(path, z: dict) -> tuple[str, int]:
 
 def load_weights(path: str | os.PathLike) -> tuple[Params, Vocab]:
     """The weight arrays and the vocabulary of any .npz that has them (Params.cell / num_layers say the model)."""
+    return _weights(path, _open(path))
+
+
+def load_sampler(path: str | os.PathLike) -> tuple[Params, Vocab, np.ndarray | None]:
+    """What sampling needs: the weights, the vocabulary and the carried state h (B, S*H) that an unprimed sample
+    starts from (rnncore.trainer.unprimed_start); h is None when the file has none that fits the model."""
     z = _open(path)
+    P, vocab = _weights(path, z)
+    h = z.get("h")
+    fits = h is not None and h.ndim == 2 and len(h) >= 1 and h.shape[1] == state_size(P) and h.dtype.kind == "f"
+    return P, vocab, h if fits else None
+
+
+def _weights(path, z: dict) -> tuple[Params, Vocab]:
     _require(path, z, (*WEIGHTS, "vocab"))
     vocab = _vocab(path, z["vocab"])
     cell, layers = _model(path, z)

@@ -410,7 +410,7 @@ def evaluate(P: Params, ids: np.ndarray, streams: int = 32, chunk: int = 256):
     H, V = P.hidden_size, P.vocab_size
     chunk = max(1, min(chunk, (1 << 22) // max(1, S * V * (K or 1)), Ls))  # keep the logits block modest
     lead = () if K is None else (K,)
-    state = xp.zeros((*lead, S, _state_size(P)), P.flat.dtype)
+    state = xp.zeros((*lead, S, state_size(P)), P.flat.dtype)
     WhyT, by = P.Why.swapaxes(-1, -2), P.by.swapaxes(-1, -2)
     workspaces: dict[int, Workspace] = {}
     total = xp.zeros(lead, np.float64)
@@ -431,7 +431,8 @@ def evaluate(P: Params, ids: np.ndarray, streams: int = 32, chunk: int = 256):
     return float(out) if K is None else out
 
 
-def _state_size(P: Params) -> int:
+def state_size(P: Params) -> int:
+    """S*H: the carried state's width (every layer's h, and an LSTM's c)."""
     return P.hidden_size * P.num_layers * CELLS[P.cell].carries
 
 
@@ -444,7 +445,7 @@ def sample(P: Params, h: np.ndarray | None, seed_ix: int, n: int, rng: np.random
            temperature: float = 1.0) -> list[int]:
     """n indices drawn one at a time, feeding each back in (the seed's sample, with a temperature)."""
     P = _host64(P)
-    S = _state_size(P)
+    S = state_size(P)
     h = np.zeros((1, S)) if h is None else np.asarray(h, dtype=np.float64).reshape(1, S).copy()
     ws = Workspace(1, 1, P.hidden_size, P.vocab_size, "float64", cell=P.cell, layers=P.num_layers)
     Why, by = P.Why, P.by[:, 0]
@@ -466,7 +467,7 @@ def sample(P: Params, h: np.ndarray | None, seed_ix: int, n: int, rng: np.random
 def advance(P: Params, h: np.ndarray | None, ids) -> np.ndarray:
     """Run the carried state (S*H,) over ids without sampling (priming text)."""
     P = _host64(P)
-    S = _state_size(P)
+    S = state_size(P)
     h = np.zeros((1, S)) if h is None else np.asarray(h, dtype=np.float64).reshape(1, S).copy()
     ids = np.asarray(ids).reshape(-1, 1)
     if len(ids):

@@ -9,20 +9,24 @@ import sys
 
 import numpy as np
 
-from .checkpoint import CheckpointError, load_weights
+from .checkpoint import CheckpointError, load_sampler
 from .data import Vocab
 from .model import Params, advance, sample
+from .trainer import unprimed_start
 
 
 def generate(path: str, length: int = 500, temperature: float = 1.0, prime: str = "", seed: int = 0) -> str:
-    """prime + `length` sampled characters from the checkpoint at `path`; deterministic for a given seed."""
-    P, vocab = load_weights(path)
-    return generate_from(P, vocab, length, temperature, prime, seed)
+    """prime + `length` sampled characters from the checkpoint at `path`; deterministic for a given seed. Without a
+    prime it starts where the checkpoint's training-time samples start: stream 0's carried state, a newline."""
+    P, vocab, h = load_sampler(path)
+    return generate_from(P, vocab, length, temperature, prime, seed, h=h)
 
 
 def generate_from(P: Params, vocab: Vocab, length: int = 500, temperature: float = 1.0, prime: str = "",
-                  seed: int = 0) -> str:
-    """The same from weights already loaded (a served model loads them once and samples many times)."""
+                  seed: int = 0, *, h: np.ndarray | None = None) -> str:
+    """The same from weights already loaded (a served model loads them once and samples many times); h is the
+    checkpoint's carried state (B, S*H), None for a file of weights only (then an unprimed sample starts from a
+    zero state, which a model trained without wrapping its streams may never have learned from)."""
     rng = np.random.default_rng(seed)
     if prime:
         missing = sorted(set(prime) - set(vocab.chars))
@@ -31,7 +35,7 @@ def generate_from(P: Params, vocab: Vocab, length: int = 500, temperature: float
         ids = vocab.encode(prime)
         h, seed_ix = advance(P, None, ids[:-1]), int(ids[-1])
     else:
-        h, seed_ix = None, vocab.stoi.get("\n", int(rng.integers(vocab.size)))
+        h, seed_ix = unprimed_start(h, vocab, rng)
     return prime + vocab.decode(sample(P, h, seed_ix, length, rng, temperature))
 
 

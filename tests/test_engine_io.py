@@ -383,6 +383,57 @@ def test_import_rnncore_is_light():
     assert r.stdout.strip() == "[] True"
 
 
+# ---------------------------------------------------------------- sampling without a prime
+
+
+@pytest.fixture(scope="module")
+def batch_model(tmp_path_factory) -> tuple[Trainer, Path, str]:
+    """A batch-16 model (float32, 400 iterations, a few seconds), its checkpoint and its corpus.
+
+    The corpus is long enough that its 16 streams never wrap in 400 iterations (2,475 make a pass at T = 25), so
+    after iteration 0 no window started from a zero state: the model never learned what follows one. On the first
+    50k characters the streams would wrap every 112 iterations and hide the fault."""
+    text = SHAKESPEARE.read_text(encoding="utf-8")[:1_100_000]
+    cfg = TrainConfig(batch_size=16, dtype="float32", iterations=400, eval_every=400, sample_every=0)
+    tr = Trainer(cfg, make_corpus(text))
+    tr.run(cfg.iterations)
+    path = tmp_path_factory.mktemp("batch") / "b16.npz"
+    checkpoint.save(path, cfg, tr.corpus.vocab, tr.state)
+    return tr, path, text
+
+
+def test_unprimed_samples_of_a_batch_model_read_like_the_corpus(batch_model):
+    """Without a prime, rnncore.sample (and pipeline.sample, and the served model) used to start from a zero state;
+    this model then wrote "$3$Q3QZ&Y$EKNZS33XX..." for every seed. From stream 0's carried state, as training-time
+    samples start, its characters are distributed like the corpus's: total variation distance 0.1 (garbage: 0.9),
+    lowercase letters and spaces 84 % of the corpus (garbage: 4 %)."""
+    tr, path, text = batch_model
+    vocab = tr.corpus.vocab
+    freq = lambda s: np.bincount(vocab.encode(s), minlength=vocab.size) / len(s)  # noqa: E731
+    plain = lambda s: sum(c.islower() or c == " " for c in s) / len(s)  # noqa: E731
+    for seed in range(4):
+        out = generate(str(path), 400, 1.0, "", seed)
+        tv = 0.5 * np.abs(freq(out) - freq(text)).sum()
+        assert tv < 0.3 and plain(out) > 0.6, (seed, tv, out[:120])
+
+
+def test_unprimed_cli_samples_start_where_training_time_samples_start(batch_model, tmp_path):
+    """The same seed gives the same text from the trainer and from its checkpoint (stream 0's carried state, a
+    newline); a file of weights only starts from a zero state."""
+    tr, path, _ = batch_model
+    for seed in (0, 5):
+        assert generate(str(path), 120, 0.8, "", seed) == tr.sample(120, 0.8, seed=seed)
+    r = run_cli("-m", "rnncore.sample", str(path), "--length", "120", "--temperature", "0.8", "--seed", "5")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.rstrip("\n") == tr.sample(120, 0.8, seed=5)
+
+    weights = tmp_path / "weights.npz"
+    P = tr.state.params
+    np.savez(weights, vocab=tr.corpus.vocab.to_array(), **{n: getattr(P, n) for n in P.names})
+    assert checkpoint.load_sampler(weights)[2] is None
+    assert len(generate(str(weights), 50, 1.0, "", 0)) == 50
+
+
 # ---------------------------------------------------------------- CLIs end to end
 
 

@@ -146,10 +146,10 @@ def test_predict_checks_its_params_and_takes_prompts_in_any_form(logged):
     import pandas as pd
 
     from pipeline.mlflow_model import CharRNN, prompts
-    from rnncore.checkpoint import load_weights
+    from rnncore.checkpoint import load_sampler
 
     model = CharRNN()
-    model.P, model.vocab = load_weights(logged["checkpoint"])
+    model.P, model.vocab, model.h = load_sampler(logged["checkpoint"])
     for bad in ({"length": 0}, {"temperature": 0.0}, {"seed": -1}):
         with pytest.raises(ValueError, match="params must have length > 0"):
             model.predict(None, ["Ci"], bad)
