@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, TypeVar, Union
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, field_validator
 
 from rnncore.config import FIELD_NAMES, KINDS, MUTABLE_KEYS, SHAPE
+from rnncore.data import not_a_file
 
 from .options import Inner, Section, invalid, option
 from .space import Domain, show, unknown
@@ -80,9 +81,10 @@ def resolve_data_path(path: Path, base_dir: Path | None) -> Path:
         candidates = list(dict.fromkeys(d / path for d in (base_dir, Path.cwd()) if d is not None))
     for candidate in candidates:
         if candidate.exists():
-            if not candidate.is_file():
-                raise ValueError(f"must name a file, but got {str(path)!r}, which is a folder ({candidate}); "
-                                 "point it at the UTF-8 text file inside")
+            kind = not_a_file(candidate)
+            if kind:
+                fix = "point it at the UTF-8 text file inside" if kind == "a folder" else "save the text to a file"
+                raise ValueError(f"must name a file, but got {str(path)!r}, which is {kind} ({candidate}); {fix}")
             return candidate.resolve()
     tried = " or ".join(str(c) for c in candidates)
     raise ValueError(f"must name an existing file, but got {str(path)!r}, which was not found (looked for {tried}); "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,15 +52,25 @@ class Corpus:
     sha256: str  # of the UTF-8 bytes, so a run records exactly which text it saw
 
 
+def not_a_file(path: str | os.PathLike) -> str | None:
+    """What `path` is when it exists but is no regular file ("a folder", "a character device", ...), else None.
+    Reading one would not end (/dev/zero), block (a FIFO nobody writes) or fail; the message names which."""
+    mode = os.stat(path).st_mode
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"))
+    return next((kind for is_kind, kind in kinds if is_kind(mode)), None if stat.S_ISREG(mode) else "a special file")
+
+
 def read_text(path: str | os.PathLike) -> str:
     """The whole file as text, or a CorpusError that says what is wrong with it and how to fix it."""
     path = os.fspath(path)
     try:
+        kind = not_a_file(path)
+        if kind:
+            raise CorpusError(f"corpus path is {kind}, not a file: {path}; pass a UTF-8 text file")
         raw = open(path, "rb").read()
     except FileNotFoundError:
         raise CorpusError(f"corpus file not found: {path}; pass the path of an existing UTF-8 text file") from None
-    except IsADirectoryError:
-        raise CorpusError(f"corpus path is a directory: {path}; pass a UTF-8 text file") from None
     except PermissionError:
         raise CorpusError(f"corpus file is not readable: {path}; check its permissions") from None
     try:

@@ -211,6 +211,13 @@ BAD_CASES: list[tuple[str, Callable[[dict], dict] | str, Callable[[Path], None] 
      ["train.seq_length: the largest seq_length=5000", "1800 characters", "lower seq_length or batch_size"]),
     ("corpus-missing", edit(data__path="missing.txt"), None,
      ["data.path: must name an existing file, but got 'missing.txt', which was not found"]),
+    ("corpus-is-a-device", edit(data__path="/dev/zero"), None,  # reading it never ends
+     ["data.path: must name a file, but got '/dev/zero', which is a character device (/dev/zero); save the text "
+      "to a file"]),
+    ("corpus-is-a-named-pipe", edit(data__path="pipe.txt"), lambda folder: os.mkfifo(folder / "pipe.txt"),
+     ["data.path: must name a file, but got 'pipe.txt', which is a named pipe (", "save the text to a file"]),
+    ("corpus-is-a-folder", edit(data__path="texts"), lambda folder: (folder / "texts").mkdir(),
+     ["data.path: must name a file, but got 'texts', which is a folder (", "point it at the UTF-8 text file inside"]),
     ("corpus-empty", edit(data__path="empty.txt"), setup_file("empty.txt", b""),
      ["data.path: corpus file is empty"]),
     ("corpus-not-utf8", edit(data__path="latin1.txt"), setup_file("latin1.txt", b"a" * 1234 + b"\xe9t\xe9" * 300),

@@ -223,9 +223,14 @@ def test_same_seed_same_losses_across_hash_seeds(tmp_path):
 # ---------------------------------------------------------------- bad input
 
 
-def _write(tmp: Path, name: str, content: bytes | None) -> Path:
-    p = tmp / name
-    if content is not None:
+FIFO = "named pipe"  # content that makes _write create a named pipe nobody writes to
+
+
+def _write(tmp: Path, name: str, content: bytes | str | None) -> Path:
+    p = tmp / name  # an absolute name (/dev/zero) is used as it is
+    if content == FIFO:
+        os.mkfifo(p)
+    elif content is not None:
         p.write_bytes(content)
     return p
 
@@ -233,6 +238,11 @@ def _write(tmp: Path, name: str, content: bytes | None) -> Path:
 # id, file name, content (None = absent), val_fraction, seq_length, batch_size, words that must be in the message
 BAD_INPUTS = [
     ("missing", "nope.txt", None, 0.1, 25, 1, ["not found", "pass the path"]),
+    ("char-device", "/dev/zero", None, 0.1, 25, 1,  # reading it never ends
+     ["corpus path is a character device, not a file", "pass a UTF-8 text file"]),
+    ("named-pipe", "pipe.txt", FIFO, 0.1, 25, 1,  # reading it waits for a writer forever
+     ["corpus path is a named pipe, not a file", "pass a UTF-8 text file"]),
+    ("folder", ".", None, 0.1, 25, 1, ["corpus path is a folder, not a file", "pass a UTF-8 text file"]),
     ("not-utf8", "latin1.txt", "héllo wörld ".encode("latin-1") * 20, 0.1, 25, 1,
      ["not valid UTF-8", "0xe9 at offset 1 (", "re-encode"]),
     ("empty", "empty.txt", b"", 0.1, 25, 1, ["empty", "needs some text"]),
