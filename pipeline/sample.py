@@ -116,8 +116,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the sweep file's mlflow.tracking_uri, "
                                           "else MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)")
     args = p.parse_args(argv)
-    if args.temperature <= 0 or args.length <= 0:
-        print("error: --temperature and --length must be > 0", file=sys.stderr)
+    from rnncore.sample import argument_problem
+
+    problem = argument_problem(args.length, args.temperature)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     if args.seed < 0:
         print("error: --seed must be >= 0", file=sys.stderr)

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 
 from .checkpoint import CheckpointError, load_sampler
+from .config import OptionError, check_value
 from .data import Vocab
 from .model import Params, advance, sample
 from .trainer import unprimed_start
@@ -19,7 +20,23 @@ def generate(path: str, length: int = 500, temperature: float = 1.0, prime: str 
     """prime + `length` sampled characters from the checkpoint at `path`; deterministic for a given seed. Without a
     prime it starts where the checkpoint's training-time samples start: stream 0's carried state, a newline."""
     P, vocab, h = load_sampler(path)
+    diverged = [name for name in P.names if not np.isfinite(getattr(P, name)).all()]
+    if diverged:  # every softmax would be NaN, and each draw the last character: "zzzz..."
+        raise CheckpointError(f"{path}: the weights {', '.join(diverged)} hold NaN or infinite values: the run "
+                              "diverged (its loss became non-finite), so it cannot sample; train again with a lower "
+                              "learning_rate or clip, or sample from a checkpoint saved before it diverged")
     return generate_from(P, vocab, length, temperature, prime, seed, h=h)
+
+
+def argument_problem(length: int, temperature: float) -> str | None:
+    """What is wrong with a sampler's --length and --temperature, or None. The temperature keeps the engine's
+    rule (finite, > 0): NaN or inf turn every softmax into NaN, and each draw into the last character."""
+    try:
+        check_value("temperature", temperature)
+    except OptionError:
+        return (f"--temperature must be a finite number > 0, but got {temperature}; 1.0 samples the model's own "
+                "distribution, lower is safer")
+    return None if length > 0 else f"--length must be > 0, but got {length}; ask for at least one character"
 
 
 def generate_from(P: Params, vocab: Vocab, length: int = 500, temperature: float = 1.0, prime: str = "",
@@ -47,8 +64,9 @@ def main(argv=None) -> int:
     p.add_argument("--prime", default="", help="text to start from")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    if args.temperature <= 0 or args.length <= 0:
-        print("error: --temperature and --length must be > 0", file=sys.stderr)
+    problem = argument_problem(args.length, args.temperature)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     try:
         print(generate(args.checkpoint, args.length, args.temperature, args.prime, args.seed))

@@ -444,6 +444,42 @@ def test_unprimed_cli_samples_start_where_training_time_samples_start(batch_mode
     assert len(generate(str(weights), 50, 1.0, "", 0)) == 50
 
 
+@pytest.fixture(scope="module")
+def diverged_model(tmp_path_factory, shakes) -> Path:
+    """A checkpoint whose run diverged: float32 weights stepped by a learning rate of 1e38 overflow at once."""
+    cfg = TrainConfig(hidden_size=8, seq_length=8, dtype="float32", learning_rate=1e38, iterations=5, eval_every=5,
+                      sample_every=0)
+    tr = Trainer(cfg, make_corpus(shakes[:2000]))
+    with np.errstate(all="ignore"):
+        tr.run(cfg.iterations)
+    assert not math.isfinite(tr.state.smooth_loss)
+    path = tmp_path_factory.mktemp("diverged") / "diverged.npz"
+    checkpoint.save(path, cfg, tr.corpus.vocab, tr.state)
+    return path
+
+
+def test_a_diverged_checkpoint_refuses_to_sample(diverged_model):
+    """NaN weights make every softmax NaN, and each draw the last character: it used to print "zzzz..."."""
+    with pytest.raises(CheckpointError, match="hold NaN or infinite values: the run diverged"):
+        generate(str(diverged_model), 20, 1.0, "", 0)
+    r = run_cli("-m", "rnncore.sample", str(diverged_model), "--length", "20")
+    assert r.returncode == 2 and r.stdout == "", (r.returncode, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {diverged_model}: the weights Wxh, Whh"), r.stderr
+    assert "the run diverged" in lines[0] and "lower learning_rate" in lines[0], r.stderr
+
+
+@pytest.mark.parametrize("module", ["rnncore.sample", "pipeline.sample"])
+@pytest.mark.parametrize("temperature", ["nan", "inf", "-inf", "0", "-1"])
+def test_sample_clis_refuse_a_temperature_that_is_not_finite_and_positive(module, temperature, tmp_path):
+    """NaN or inf turn every softmax into NaN: both samplers used to print "zzzz..." and exit 0."""
+    r = run_cli("-m", module, str(tmp_path / "model.npz"), "--length", "20", f"--temperature={temperature}")
+    assert r.returncode == 2 and r.stdout == "", (r.returncode, r.stdout, r.stderr)
+    assert r.stderr.strip().splitlines() == [
+        f"error: --temperature must be a finite number > 0, but got {float(temperature)}; 1.0 samples the model's "
+        "own distribution, lower is safer"], r.stderr
+
+
 # ---------------------------------------------------------------- CLIs end to end
 
 
