@@ -24,6 +24,7 @@ import socket
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 from typing import TYPE_CHECKING, Any, Mapping
 
@@ -63,9 +64,17 @@ def resolve_uri(uri: str | None) -> str:
     return uri or f"sqlite:///{os.path.abspath('mlflow.db')}"
 
 
+# the URI schemes MLflow opens a tracking store for (checked against MLflow 3.17, mlflow.tracking._tracking_service
+# .utils); a plugin adds its own as an entry point of the group mlflow.tracking_store
+STORE_SCHEMES = ("", "file", "http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks", "databricks-uc",
+                 "uc")
+
+
 def check_server(uri: str, timeout_s: float = 7.0) -> None:
-    """For http(s) URIs, fail within timeout_s unless the server answers its /health endpoint (7 s: with the
-    driver's start-up, a dead server is reported within 10 s)."""
+    """Fail at once unless MLflow can keep runs at ``uri`` (check_store); for http(s) URIs, fail within timeout_s
+    unless the server answers its /health endpoint (7 s: with the driver's start-up, a dead server is reported
+    within 10 s)."""
+    check_store(uri)
     if not uri.startswith(("http://", "https://")):
         return
     url = uri.rstrip("/") + "/health"
@@ -81,6 +90,35 @@ def check_server(uri: str, timeout_s: float = 7.0) -> None:
         time.sleep(0.5)
     raise TrackingError(f"MLflow tracking server {uri} did not answer within {timeout_s:.0f} s ({last}); "
                         "start it (docker compose up mlflow) or fix mlflow.tracking_uri / MLFLOW_TRACKING_URI")
+
+
+def check_store(uri: str) -> None:
+    """TrackingError for a URI MLflow has no store for, or a local sqlite store that cannot be written: MLflow
+    says so only once the driver has started Ray, in a 14- to 43-line traceback."""
+    fix = "fix mlflow.tracking_uri in the sweep file, or MLFLOW_TRACKING_URI"
+    scheme = urllib.parse.urlparse(uri).scheme.lower().split("+")[0]  # postgresql+psycopg2: a driver
+    if len(scheme) > 1 and scheme not in STORE_SCHEMES and scheme not in _plugin_schemes():
+        raise TrackingError(f"MLflow tracking URI must be one MLflow keeps runs under (http://, https://, sqlite:///, "
+                            f"postgresql://, mysql://, mssql://, file:, databricks), but got {uri[:200]!r}; {fix}, "
+                            "e.g. http://host:5000 or sqlite:///mlflow.db")
+    database = uri[len("sqlite:///"):].split("?")[0] if uri.startswith("sqlite:///") else ""
+    if not database or database == ":memory:":
+        return
+    path = os.path.abspath(database)
+    folder = os.path.dirname(path)
+    problem = (f"its folder {folder} does not exist" if not os.path.exists(folder) else
+               f"{folder} is not a folder" if not os.path.isdir(folder) else
+               f"its folder {folder} is not writable" if not os.access(folder, os.W_OK | os.X_OK) else
+               f"{path} is not writable" if os.path.exists(path) and not os.access(path, os.R_OK | os.W_OK) else None)
+    if problem:
+        raise TrackingError(f"MLflow tracking URI {uri[:200]} must name a sqlite file MLflow can write, but "
+                            f"{problem}; {fix}, e.g. sqlite:///mlflow.db in a folder you can write")
+
+
+def _plugin_schemes() -> set[str]:
+    from importlib.metadata import entry_points
+
+    return {e.name for e in entry_points(group="mlflow.tracking_store")}
 
 
 def ui_command(uri: str) -> str:

@@ -704,6 +704,17 @@ HOSTILE = [
                  id="unwritable-output"),
     pytest.param("name: !!python/object/apply:os.system ['touch PWNED']\ndata: {path: corpus.txt}\n", None, None,
                  [], ["python/object/apply:os.system", "line 1"], id="python-tag-is-not-code"),
+    pytest.param("name: bad\ndata: {path: corpus.txt}\ntrain:\n  learning_rate: 0.1\n  learning_rate: 0.2\n", None,
+                 None, [], ["train.learning_rate: a key must appear once in its mapping", "lines 4 and 5"],
+                 id="duplicate-key"),
+    pytest.param(edit(mlflow={"tracking_uri": "bogus://x"}), None, None, [],  # was a 43-line traceback, exit 1
+                 ["MLflow tracking URI must be one MLflow keeps runs under", "'bogus://x'"], id="tracking-uri-scheme"),
+    pytest.param(edit(mlflow={"tracking_uri": "sqlite:///nowhere/mlflow.db"}), None, None, [],
+                 ["must name a sqlite file MLflow can write", "nowhere does not exist"], id="tracking-store-no-folder"),
+    pytest.param(edit(mlflow={"tracking_uri": "sqlite:///ro/mlflow.db"}), None, make_read_only_dir, [],
+                 ["must name a sqlite file MLflow can write", "ro is not writable"], id="tracking-store-read-only"),
+    pytest.param(edit(data__path="/dev/zero"), None, None, [], ["data.path", "which is a character device"],
+                 id="corpus-is-a-device"),
 ]
 
 

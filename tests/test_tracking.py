@@ -139,3 +139,41 @@ def test_bad_sweep_writes_no_store_template(tmp_path, run_module, cli_env):
     assert proc.returncode == 2, describe(proc)
     assert "train.hidden_size" in proc.stderr
     assert not cache.exists() and sorted(os.listdir(tmp_path)) == ["bad.yaml"]
+
+
+# uri ({tmp} is the test's folder), a setup in it, what the one-line error says
+BAD_STORES = [
+    ("bogus://x", None, "MLflow tracking URI must be one MLflow keeps runs under (http://, https://, sqlite:///, "
+                        "postgresql://, mysql://, mssql://, file:, databricks), but got 'bogus://x'; fix "
+                        "mlflow.tracking_uri in the sweep file, or MLFLOW_TRACKING_URI"),
+    ("sqlite:///{tmp}/nowhere/m.db", None, "its folder {tmp}/nowhere does not exist"),
+    ("sqlite:///{tmp}/file/m.db", lambda tmp: (tmp / "file").write_text("x"), "{tmp}/file is not a folder"),
+    ("sqlite:///{tmp}/ro/m.db", lambda tmp: (tmp / "ro").mkdir(), "its folder {tmp}/ro is not writable"),
+    ("sqlite:///{tmp}/ro.db", lambda tmp: (tmp / "ro.db").write_text(""), "{tmp}/ro.db is not writable"),
+]
+
+
+@pytest.mark.parametrize("uri, setup, words", BAD_STORES, ids=["scheme", "no-folder", "file-as-folder",
+                                                               "read-only-folder", "read-only-file"])
+def test_a_store_mlflow_cannot_use_is_one_line_before_ray_starts(uri, setup, words, tmp_path, monkeypatch):
+    """MLflow said so after the driver had started Ray, in a 43-line (unknown scheme) or 14-line (read-only
+    sqlite store) traceback, exit 1. os.access is patched so that root sees the read-only cases too."""
+    from pipeline.tracking import TrackingError, check_server
+
+    if setup:
+        setup(tmp_path)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p).name.startswith("ro") else real_access(p, mode))
+    with pytest.raises(TrackingError) as info:
+        check_server(uri.format(tmp=tmp_path))
+    message = str(info.value)
+    assert words.format(tmp=tmp_path) in message and "\n" not in message, message
+
+
+@pytest.mark.parametrize("uri", ["sqlite:///{tmp}/mlflow.db", "sqlite:///{tmp}/new/../mlflow.db?timeout=5",
+                                 "postgresql+psycopg2://user@host/db", "mysql://host/db", "file:///{tmp}/mlruns",
+                                 "{tmp}/mlruns", "databricks", "sqlite://"])
+def test_a_store_mlflow_can_use_passes_the_check(uri, tmp_path):
+    from pipeline.tracking import check_store
+
+    check_store(uri.format(tmp=tmp_path))
