@@ -198,6 +198,10 @@ def _finish(sweep: _Sweep) -> int:
     if interrupted:  # an interrupted sweep gets its report when --resume finishes it
         print(f"\ninterrupted: finish with  python -m pipeline.sweep {cfg.source_path} --resume", file=sys.stderr)
         return 130
+    if sweep.callback.budget_ran_out() and not any(r.get("iterations") for r in table.trials.values()):
+        print(f"\nwarning: the time budget ended before any trial ran (time_budget_s: {cfg.time_budget_s:g}, which "
+              f"counts Ray's start-up and keeps the last {FINISH_RESERVE_S:g} s for the finish); raise time_budget_s",
+              file=sys.stderr)
     _log_best_model(sweep, best)
     if table.trials:
         folder = report_while(ray.shutdown, cfg.output.resolve(), tracking_uri=sweep.tracking_uri)

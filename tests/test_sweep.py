@@ -585,6 +585,19 @@ def test_a_time_budget_bounds_the_whole_sweep_not_only_tunes_part(tmp_path: Path
             assert Path(newest).read_text() == row.sample
 
 
+@pytest.mark.slow
+def test_a_time_budget_that_ends_before_any_trial_ran_says_so(tmp_path: Path, run_module, corpus_text,
+                                                              proc_text) -> None:
+    """time_budget_s: 0.001 used to end with no trial trained and no word about it."""
+    run = run_sweep(run_module, tmp_path, {**FIFO, "name": "no-time", "time_budget_s": 0.001},
+                    corpus_text(CORPUS_CHARS))
+    assert run.proc.returncode == 0, proc_text(run.proc)
+    assert (run.trials()["iterations"] == 0).all()
+    assert run.proc.stderr.count("warning: the time budget ended before any trial ran (time_budget_s: 0.001, "
+                                 "which counts Ray's start-up and keeps the last 20 s for the finish); raise "
+                                 "time_budget_s") == 1, proc_text(run.proc)
+
+
 # ------------------------------------------------------------------------------------------- dry run
 
 
