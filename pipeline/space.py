@@ -165,7 +165,8 @@ class Domain:
         """A domain as a sweep file writes it: the one-key mapping ``{kind: [args]}``."""
         if len(value) != 1:
             raise DomainError("", [f"a searched option is a one-key mapping such as {{choice: [...]}}, but got "
-                                   f"{len(value)} keys {show(list(value))}; keep exactly one of {', '.join(SEARCH_KINDS)}"])
+                                   f"{len(value)} keys {show(list(value))}; keep exactly one of "
+                                   f"{', '.join(SEARCH_KINDS)}"])
         kind, args = next(iter(value.items()))
         if kind in SEARCH_KINDS and not isinstance(args, list):
             spec = "values" if kind in CATEGORICAL else _arg_spec(kind)
