@@ -8,7 +8,7 @@ pyproject.toml pins); ``problems()`` says which of them the installed Ray lacks,
 | ``ray._private.parameter.RayParams`` (``no_monitor``, ``include_log_monitor``) | private | ``ray start`` has flags to leave out the autoscaler and log monitors; ``ray.init`` does not (``lean_local_node``) |
 | ``Tuner._local_tuner._run_config`` | private | ``Tuner.restore`` takes no ``run_config``: a resumed sweep needs its own callback (``restore_tuner``) |
 | ``PopulationBasedTraining._trial_state``, ``._perturbation_interval`` | private | Tune saves no scheduler state: a trial resumed by ``--resume`` keeps its place in PBT's schedule (``keep_pbt_schedule``) |
-| ``tune.get_context().get_storage()`` (``storage_filesystem``, ``experiment_fs_path``) | developer API | a restarted trial finds its newest complete checkpoint, also in folders Tune's saved state no longer knows (``trial_folders``) |
+| ``tune.get_context().get_storage()`` (``storage_filesystem``, ``experiment_fs_path``, ``trial_fs_path``) | developer API | a restarted trial finds its newest complete checkpoint, also in folders Tune's saved state no longer knows (``trial_folders``); a trial writes each checkpoint in its own folder of the output, not in the system's temp folder, where a killed worker would leave it (``trial_folder``) |
 | ``Trial.storage.trial_dir_name``, ``Trial.error_file`` | developer API (``Trial``) | a trial's position when its id is random (Optuna); a failed trial's error text |
 
 Imports Ray only inside its functions, so the driver can set ``PROCESS_ENV`` before Ray loads.
@@ -26,7 +26,7 @@ from typing import Any
 __all__ = [
     "CHECKED_VERSION", "LOCAL_SYSTEM_CONFIG", "LOOPBACK_ENV", "PROCESS_ENV", "error_text", "keep_pbt_schedule",
     "lean_local_node", "problems", "restore_tuner", "set_process_env", "silent_reporter", "trial_dir_name",
-    "trial_folders",
+    "trial_folder", "trial_folders",
 ]
 
 CHECKED_VERSION = "2.60.0"
@@ -129,6 +129,18 @@ def trial_folders(ctx: Any) -> tuple[Any, list[str]] | None:
                 if i.type == pafs.FileType.Directory and tag in posixpath.basename(i.path)]
 
 
+def trial_folder(ctx: Any) -> str:
+    """The running trial's own folder: in the sweep's storage when that is a local disk (the output folder's
+    tune/<trial folder>), else Tune's working folder for the trial on this node."""
+    try:
+        storage = ctx.get_storage()
+        if storage.storage_filesystem.type_name == "local":
+            return storage.trial_fs_path
+    except Exception:  # noqa: BLE001 - not in a Tune session
+        pass
+    return ctx.get_trial_dir()
+
+
 def trial_dir_name(trial: Any) -> str:
     """The name of a Tune trial's folder, ``<trainable>_<id>_<n>_<values>_<date>`` ("" if it has none yet)."""
     return getattr(getattr(trial, "storage", None), "trial_dir_name", None) or ""
@@ -201,7 +213,8 @@ def problems() -> list[str]:
 
     if context is None or not hasattr(ray.train.context.TrainContext, "get_storage"):
         found.append("Tune's context has no get_storage()")
-    found += [f"StorageContext has no {a}" for a in ("storage_filesystem", "experiment_fs_path", "trial_dir_name")
+    found += [f"StorageContext has no {a}"
+              for a in ("storage_filesystem", "experiment_fs_path", "trial_dir_name", "trial_fs_path")
               if a not in inspect.getsource(StorageContext)]
     found += [f"Trial has no {a}" for a in ("storage", "error_file") if not hasattr(Trial, a)
               and a not in inspect.getsource(Trial.__init__)]

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from rnncore.checkpoint import file_mode
 from rnncore.config import FIELD_NAMES, FIELD_TYPES
 
 if TYPE_CHECKING:
@@ -222,6 +223,7 @@ def _write_atomic(table: pa.Table, path: Path) -> None:
     os.close(fd)
     try:
         pq.write_table(table, tmp)
+        os.chmod(tmp, file_mode())  # mkstemp's 0600 would keep a teammate out
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

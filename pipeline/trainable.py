@@ -8,6 +8,10 @@ restarted trial the newest checkpoint its saved state knows of, which can be old
 the trial's folder (the worker or the driver was killed before Tune's state caught up). The trial continues
 from the newest complete one in its folder and first sends that checkpoint's report again, so the driver has
 it (the driver ignores reports it already has).
+
+A checkpoint folder is written in `.tmp` inside the trial's own folder (`scratch_folder`) before tune.report
+copies it into place: a worker killed meanwhile (out of memory, or with its driver) leaves it there, inside the
+sweep's output, not in the system's temp folder, and the trial's next start removes it.
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ from .vocab import trial_key
 
 CHECKPOINT_FILE = "checkpoint.npz"
 REPORT_FILE = "report.json"
+SCRATCH = ".tmp"  # in a trial's folder: checkpoint folders being written, until tune.report has copied them
 # Fault-injection tests only: when set, every start of a trial (first run, retry or resume) appends
 # "<pid> <iteration it starts from>" to <dir>/<trial key>.starts, so a test can kill that worker and check
 # where the trial picked up. Unset in normal use; nothing else reads or writes there.
@@ -78,7 +83,8 @@ def train_trial(config: dict[str, Any], *, corpus: Corpus, base: dict[str, Any],
     ctx = tune.get_context()
     index = trial_index(ctx.get_trial_id(), ctx.get_trial_dir())
     cfg = train_config(base, config, trial_seed(sweep_seed, index), derive_seed=derive_seed)
-    start = _restore(ctx, cfg, corpus, index)
+    scratch = scratch_folder(raycompat.trial_folder(ctx))
+    start = _restore(ctx, cfg, corpus, index, scratch)
     if start.report.get("diverged"):  # it ended there: training a non-finite state on would only add a report
         return
     fixed = {**_where(), "trial_index": index, "trial_seed": cfg.seed,
@@ -101,7 +107,7 @@ def train_trial(config: dict[str, Any], *, corpus: Corpus, base: dict[str, Any],
             **(exploit or {}),  # the first report after PBT cloned another trial into this one says so
         }
         exploit = None
-        with tempfile.TemporaryDirectory() as d:
+        with tempfile.TemporaryDirectory(dir=scratch) as d:
             ckpt.save(os.path.join(d, CHECKPOINT_FILE), cfg, corpus.vocab, start.trainer.state)
             with open(os.path.join(d, REPORT_FILE), "w", encoding="utf-8") as f:
                 json.dump(metrics, f)
@@ -123,11 +129,20 @@ class _Start:
         return self.trainer.state.iteration
 
 
-def _restore(ctx, cfg: TrainConfig, corpus: Corpus, index: int) -> _Start:
+def scratch_folder(trial_folder: str) -> str:
+    """`.tmp` in the trial's folder, emptied of what a killed run of the trial left there: where this run writes
+    its checkpoint folders. (One run of a trial at a time: nothing else writes there.)"""
+    path = os.path.join(trial_folder, SCRATCH)
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def _restore(ctx, cfg: TrainConfig, corpus: Corpus, index: int, scratch: str) -> _Start:
     """The trial's trainer: new, or from Tune's checkpoint, or from a newer complete one in the trial's folders
     (whose report is first sent again, as a report of this start)."""
     state, report, newer, exploit = None, {}, None, None
-    with tempfile.TemporaryDirectory() as keep:
+    with tempfile.TemporaryDirectory(dir=scratch) as keep:
         restored = tune.get_checkpoint()
         if restored is not None:
             with restored.as_directory() as d:
@@ -255,6 +270,7 @@ def train_pack(config: dict[str, Any], *, corpus: Corpus, base: dict[str, Any], 
     members = packs[config["pack"]]
     cfgs = [train_config(base, trials[i], trial_seed(sweep_seed, i), derive_seed=derive_seed) for i in members]
     states, meta = None, {}
+    scratch = scratch_folder(raycompat.trial_folder(tune.get_context()))
     restored = tune.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as d:
@@ -288,7 +304,7 @@ def train_pack(config: dict[str, Any], *, corpus: Corpus, base: dict[str, Any], 
                    "val_bpc": min(vals, default=math.inf) / math.log(2),
                    "train_loss": min((m["train_loss"] for m in out), default=math.inf),
                    "members": out, **where, "target_iterations": c0.iterations}
-        with tempfile.TemporaryDirectory() as d:
+        with tempfile.TemporaryDirectory(dir=scratch) as d:
             for k, i in enumerate(members):
                 ckpt.save(os.path.join(d, member_file(i)), cfgs[k], corpus.vocab, states[k])
             with open(os.path.join(d, PACK_FILE), "w") as f:

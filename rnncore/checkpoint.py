@@ -58,11 +58,24 @@ def save(path: str | os.PathLike, cfg: TrainConfig, vocab: Vocab, state: TrainSt
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def file_mode() -> int:
+    """The mode open() would give a new file: 0o666 less the umask. A temp file from mkstemp is 0600, and renamed
+    into place it would stay so: a teammate could not read the checkpoint (or a sweep's tables)."""
+    try:  # Linux says the umask without changing it; os.umask can only read it by setting it, under other threads
+        with open("/proc/self/status", encoding="ascii") as f:
+            mask = int(next(line for line in f if line.startswith("Umask:")).split()[1], 8)
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _open(path: str | os.PathLike) -> dict[str, np.ndarray]:

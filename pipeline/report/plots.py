@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from rnncore.checkpoint import file_mode
+
 from .. import vocab
 from ..config import Domain
 from .data import SweepResults, fmt_value, is_grouped, is_log, is_text, short_config
@@ -75,19 +77,13 @@ def warm_up() -> None:
     fig.savefig(io.BytesIO(), format="png")
 
 
-def umask_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def save_atomically(path: Path, write) -> None:
     """Call write(temporary path) next to path, then rename it into place, readable as the umask allows."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, umask_mode())  # mkstemp makes 0600; the report is meant to be shared
+        os.chmod(tmp, file_mode())  # mkstemp makes 0600; the report is meant to be shared
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
