@@ -6,6 +6,7 @@ import os
 import shutil
 import tempfile
 import time
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from ray import tune
@@ -154,6 +155,40 @@ class SweepCallback(tune.Callback):
             run = self._run(t)
             self._close(key, run, "failed", {"error": err[-5000:]}, t.last_result or {}, error=err)
 
+    def on_experiment_end(self, trials, **info):
+        """Tune's run ends (all trials done, interrupted, or out of time): close what no driver closed."""
+        for trial in trials:
+            if trial.status in ("TERMINATED", "ERROR"):
+                self._close_unclosed(trial, trials)
+
+    def _close_unclosed(self, trial, trials) -> None:
+        """A trial Tune restored as ended that no driver closed -- its row is gone (trials.parquet moved aside) -- is
+        closed as it was when it ended, from Tune's record of it (its last result, checkpoint and error); else it
+        would count as unfinished for ever."""
+        members = [trial]
+        if self._is_pack(trial):
+            for m in (trial.last_result or {}).get("members", []):  # as on_trial_result does
+                member = self._member(m["trial_index"])
+                member.last_result = member.last_result or {
+                    **m, "node": trial.last_result.get("node"), "node_ip": trial.last_result.get("node_ip"),
+                    "target_iterations": trial.last_result["target_iterations"]}
+            members = self._pack_members(trial)
+        before = {t.trial_id: dict(self.table.trials.get(self._key(t)[0], {})) for t in members}
+        if not any(t.trial_id not in self.runs and before[t.trial_id].get("status") not in CLOSED for t in members):
+            return
+        if trial.status == "ERROR":
+            self.on_trial_error(0, trials, trial)
+        else:
+            self.on_trial_complete(0, trials, trial)
+        for t in members:  # when it started and ended: as an earlier driver's row says, else as Tune's record does
+            last, was = t.last_result or {}, before[t.trial_id]
+            ended = _from_unix(last.get("timestamp"))
+            started = ended - timedelta(seconds=float(last.get("time_total_s") or 0)) if ended else None
+            self.table.set_trial(self._key(t)[0], {"started_at": was.get("started_at") or started,
+                                                   "ended_at": was.get("ended_at") or ended,
+                                                   **({"sample": last["sample"]} if last.get("sample") else {})})
+        self.table.write()
+
     # packed trials -------------------------------------------------------------------------------
     @staticmethod
     def _is_pack(trial) -> bool:
@@ -273,6 +308,10 @@ class _Member:
         self.index, self.config = index, config
         self.trial_id = f"member_{index:05d}"  # trial_index() reads the suffix, as for Tune's ids
         self.last_result: dict[str, Any] | None = None
+
+
+def _from_unix(t) -> datetime | None:
+    return datetime.fromtimestamp(t, timezone.utc) if isinstance(t, (int, float)) and t > 0 else None
 
 
 def _num(x) -> float | None:

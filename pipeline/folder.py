@@ -84,7 +84,8 @@ def check(cfg: SweepConfig, *, resume: bool) -> str:
     file and the corpus, recorded in IDENTITY_FILE); record them for a new one. Returns the folder of Tune's
     own state."""
     output = cfg.output.resolve()
-    has_run = (output / "trials.parquet").exists() or (not cfg.storage and (output / "tune").exists())
+    has_run = any((output / t).exists() for t in ("trials.parquet", "history.parquet")) or \
+        (not cfg.storage and (output / "tune").exists())
     if has_run and not resume:
         raise FolderError(f"output folder {cfg.output} already holds a sweep; add --resume to finish it, "
                           "or set `output:` to a new folder")
@@ -98,6 +99,13 @@ def check(cfg: SweepConfig, *, resume: bool) -> str:
                               f"would not continue what they began; restore the sweep file as it was (the text it "
                               f"started with is in {recorded}) and the corpus, or set `output:` to a new folder to "
                               "start a new sweep")
+    if resume:
+        from .results import TableError, check_tables
+
+        try:
+            check_tables(output)
+        except TableError as e:
+            raise FolderError(f"--resume: {e}") from None
     return (cfg.storage.rstrip("/") + "/" + cfg.name) if cfg.storage else str(output / "tune")
 
 

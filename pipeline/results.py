@@ -7,6 +7,11 @@ package versions travel in the file metadata. The only module that writes Parque
 The tables are rewritten when a trial ends; in between, every report and every new trial's starting values
 are also appended to a small journal (`.history.jsonl` in the output folder, emptied by each write), so a
 driver killed mid-sweep loses neither: `load_existing` (--resume) reads the tables and then the journal.
+
+A table that does not read back (a disk fault, an edit) stops --resume with TableError, which names the file and
+what moving it aside costs: trials.parquet's rows are rebuilt by the driver (pipeline.callback) from Tune's saved
+state and history.parquet, history.parquet's rows from the metrics of the trials' MLflow runs
+(pipeline.sweep).
 """
 from __future__ import annotations
 
@@ -56,6 +61,37 @@ EXPLOITS_SCHEMA = pa.schema(
 )
 
 
+class TableError(Exception):
+    """A table in the output folder cannot be read; the message names it and how to go on (exit code 2)."""
+
+
+# what moving each table aside costs: --resume rebuilds it from what else the sweep keeps
+REBUILT_FROM = {
+    "trials.parquet": "its rows are rebuilt from Tune's saved state and history.parquet",
+    "history.parquet": "its rows are rebuilt from the metrics of the trials' MLflow runs (elapsed_s is lost)",
+    "exploits.parquet": "PBT's clone records are lost from the tables (the MLflow runs keep them as "
+                        "pbt.exploit.* tags)",
+}
+
+
+def check_tables(output: Path) -> None:
+    """Raise TableError naming the first table in ``output`` that does not read back whole."""
+    for name in REBUILT_FROM:
+        _read(Path(output) / name)
+
+
+def _read(path: Path) -> list[dict[str, Any]]:
+    """The rows of a table ([] when the file does not exist); TableError when it does not read back."""
+    if not path.exists():
+        return []
+    try:
+        return pq.read_table(path).to_pylist()
+    except (pa.ArrowException, OSError) as e:
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise TableError(f"{path} cannot be read ({type(e).__name__}: {first}); move it aside (or delete it) and "
+                         f"run --resume again: {REBUILT_FROM[path.name]}") from None
+
+
 def versions() -> dict[str, str]:
     out = {}
     for pkg in ("rnnsweep", "numpy", "ray", "mlflow", "pandas", "pyarrow"):
@@ -95,18 +131,15 @@ class ResultsTable:
 
     def load_existing(self) -> None:
         """Pick up the rows of an interrupted sweep (for --resume), and drop the temp file of a write that a
-        kill cut short (the table it was to replace is intact)."""
+        kill cut short (the table it was to replace is intact). TableError if a table does not read back."""
         for path in (self.trials_path, self.history_path, self.exploits_path):
             for tmp in self.output.glob(f".{path.name}.*.tmp"):
                 tmp.unlink(missing_ok=True)
-        if self.trials_path.exists():
-            for row in pq.read_table(self.trials_path).to_pylist():
-                self.trials[row["trial_id"]] = row
-        if self.history_path.exists():
-            for row in pq.read_table(self.history_path).to_pylist():
-                self.history[(row["trial_id"], row["iteration"])] = row
-        if self.exploits_path.exists():
-            self.exploits = pq.read_table(self.exploits_path).to_pylist()
+        for row in _read(self.trials_path):
+            self.trials[row["trial_id"]] = row
+        for row in _read(self.history_path):
+            self.history[(row["trial_id"], row["iteration"])] = row
+        self.exploits = _read(self.exploits_path)
         if self.journal_path.exists():  # reports (and PBT branches) that arrived after the last write, in order
             names = set(HISTORY_SCHEMA.names)
             for line in self.journal_path.read_text(encoding="utf-8", errors="replace").splitlines():

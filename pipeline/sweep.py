@@ -107,9 +107,15 @@ def _run_locked(cfg: SweepConfig, tune_dir: str, uri: str, *, address: str | Non
 def _open_sweep(cfg: SweepConfig, uri: str, *, resume: bool) -> _Sweep:
     """The sweep's MLflow parent run, its tables (with what an earlier driver wrote) and Tune's callback."""
     from .callback import SweepCallback
-    from .results import ResultsTable
+    from .results import ResultsTable, TableError
     from .tracking import Tracker
 
+    table = ResultsTable(cfg.output.resolve(), sweep_text=cfg.source_text)
+    if resume:
+        try:
+            table.load_existing()
+        except TableError as e:  # (folder.check read them: changed since)
+            raise SweepError(f"--resume: {e}") from None
     corpus = cfg.corpus()  # read by load_sweep when it checked the file
     tracker = Tracker(uri=uri, experiment=cfg.mlflow.experiment, sweep_id=sweep_id(cfg), corpus=corpus)
     parent = tracker.start_sweep(name=cfg.name, sweep_text=cfg.source_text, resume=resume,
@@ -118,9 +124,10 @@ def _open_sweep(cfg: SweepConfig, uri: str, *, resume: bool) -> _Sweep:
                                          "seed": cfg.seed, "metric": cfg.metric, "mode": cfg.mode,
                                          "scheduler": cfg.scheduler.type, "search_alg": cfg.search_alg.type,
                                          **{f"space.{k}": d.call_text() for k, d in cfg.searched.items()}})
-    table = ResultsTable(cfg.output.resolve(), sweep_text=cfg.source_text)
-    if resume:
-        table.load_existing()
+    if resume and not table.history_path.exists():  # moved aside: the reports MLflow has
+        for trial_id, run in tracker.children.items():
+            for row in tracker.metric_rows(run):
+                table.add_report(trial_id, row)
     callback = SweepCallback(cfg=cfg, tracker=tracker, table=table,
                              budget_deadline=_budget_deadline(cfg.time_budget_s))
     trials = packs = None

@@ -346,6 +346,15 @@ class Tracker:
             self.last_step[run_id] = step
         return True
 
+    def metric_rows(self, run_id: str) -> list[dict[str, Any]]:
+        """A run's metrics as rows of the history, one per step: ``{"iteration": step, name: value, ...}``
+        (to rebuild a history.parquet that was moved aside)."""
+        rows: dict[int, dict[str, Any]] = {}
+        for key in self.client.get_run(run_id).data.metrics:
+            for m in self.client.get_metric_history(run_id, key):
+                rows.setdefault(int(m.step), {"iteration": int(m.step)})[key] = m.value
+        return [rows[step] for step in sorted(rows)]
+
     def delete_tags(self, run_id: str, keys: list[str]) -> None:
         for key in keys:
             try:

@@ -683,6 +683,14 @@ BAD_BASE: dict[str, Any] = {**FAULT, "name": "bad", "train": {**FAULT["train"], 
                                                               "sample_every": 0, "learning_rate": 0.1}}
 
 
+def torn_table(name: str) -> Callable[[Path], None]:
+    """Setup: an output folder whose table `name` is cut short (Tune's state beside it)."""
+    def setup(folder: Path) -> None:
+        (folder / "out" / "tune").mkdir(parents=True)
+        (folder / "out" / name).write_bytes(b"PAR1 half a table")
+    return setup
+
+
 # id, the sweep file (a change to BAD_BASE, or raw text), corpus bytes, setup, extra CLI args, words in stderr
 HOSTILE = [
     pytest.param("name: bad\ntrain:\n  hidden_size: 8\n   seq_length: 16\n", None, None, [],
@@ -700,6 +708,12 @@ HOSTILE = [
     pytest.param(edit(), b"First Citizen: speak.\n" * 2, None, [], ["train.seq_length", "training split"],
                  id="corpus-shorter-than-a-sequence"),
     pytest.param(edit(), None, None, ["--resume"], ["--resume", "no sweep to resume"], id="resume-without-a-sweep"),
+    pytest.param(edit(), None, torn_table("trials.parquet"), ["--resume"],
+                 ["out/trials.parquet cannot be read", "move it aside", "--resume", "rebuilt from Tune's saved state"],
+                 id="resume-with-a-torn-trials-table"),
+    pytest.param(edit(), None, torn_table("history.parquet"), ["--resume"],
+                 ["out/history.parquet cannot be read", "move it aside", "--resume", "MLflow runs"],
+                 id="resume-with-a-torn-history-table"),
     pytest.param(edit(output="ro/sweep"), None, make_read_only_dir, [], ["output", "not writable"],
                  id="unwritable-output"),
     pytest.param("name: !!python/object/apply:os.system ['touch PWNED']\ndata: {path: corpus.txt}\n", None, None,
@@ -912,3 +926,67 @@ def test_200_short_trials_complete_with_flat_driver_memory(tmp_path: Path, cli_e
 
     assert 0 < peak[0] < 1.5 * 1024 * 1024, f"driver peak RSS {peak[0] / 1024:.0f} MB"
     assert rss[100] > 0 and rss[200] - rss[100] < 100 * 1024, rss  # flat: the second 100 trials add < 100 MB
+
+
+# ------------------------------------------------------------------------------------ 6. tables lost
+
+
+# two short trials, one at a time, a report (and a sample) every 1000 iterations
+SHORT: dict[str, Any] = {**FAULT, "name": "short",
+                         "train": {**FAULT["train"], "learning_rate": {"grid_search": [0.05, 0.02]},
+                                   "iterations": 2000, "sample_every": 1000}}
+ROW_COLUMNS = ("trial_id", "status", "mlflow_run_id", "learning_rate", "hidden_size", "seed", "target_iterations",
+               "iterations", "train_loss", "val_loss", "val_bpc", "min_val_loss", "mean_chars_per_sec", "wall_s",
+               "node_ip", "sample", "error", "final_lr", "exploits")
+REPORT_COLUMNS = ("trial_id", "iteration", "train_loss", "val_loss", "val_bpc", "chars_per_sec", "lr")
+
+
+@pytest.mark.slow
+def test_tables_moved_aside_are_rebuilt_by_resume_which_then_finishes(tmp_path: Path, cli_env, short_tmp,
+                                                                      run_module, proc_text) -> None:
+    """A torn trials.parquet: --resume exits 2 naming it and the way on. Moved aside with history.parquet,
+    --resume rebuilds both -- the rows of the trials Tune has as ended from its own record of them, the reports
+    from the MLflow runs -- and ends with code 0, as does every --resume after it (it used to exit 130, "finish
+    with --resume", forever: a finished trial without a row counted as unfinished)."""
+    write_sweep(tmp_path, SHORT, corpus())
+    ray_tmp, out = short_tmp(), tmp_path / "out"
+    env = cli_env(ray_tmp=ray_tmp)
+    try:
+        first = run_module("pipeline.sweep", "sweep.yaml", cwd=tmp_path, env=env, timeout=300)
+        assert first.returncode == 0, proc_text(first)
+        rows, reports = read_trials(out), read_history(out)
+        assert list(rows["status"]) == ["finished", "finished"]
+
+        whole = (out / "trials.parquet").read_bytes()
+        (out / "trials.parquet").write_bytes(whole[: len(whole) // 2])
+        torn = run_module("pipeline.sweep", "sweep.yaml", "--resume", cwd=tmp_path, env=env, timeout=120)
+        assert torn.returncode == 2, proc_text(torn)
+        assert torn.stderr.startswith("error:") and "Traceback" not in torn.stderr, proc_text(torn)
+        for words in ("out/trials.parquet cannot be read", "move it aside", "--resume"):
+            assert words in torn.stderr, proc_text(torn)
+        assert (out / "trials.parquet").read_bytes() == whole[: len(whole) // 2]  # touched nothing
+
+        (out / "trials.parquet").unlink()
+        (out / "history.parquet").rename(tmp_path / "history-aside.parquet")
+        for attempt in ("rebuilds", "again"):
+            proc = run_module("pipeline.sweep", "sweep.yaml", "--resume", cwd=tmp_path, env=env, timeout=300)
+            assert proc.returncode == 0, f"{attempt}: {proc_text(proc)}"
+            t, h = read_trials(out), read_history(out)
+            for col in ROW_COLUMNS:
+                pd.testing.assert_series_equal(t[col], rows[col], check_exact=True, obj=f"{attempt}: {col}")
+            for col in ("started_at", "ended_at"):  # Tune's record of when it ended, to the second
+                assert ((t[col] - rows[col]).abs() < pd.Timedelta(seconds=3)).all(), (attempt, col, t[col], rows[col])
+            for col in REPORT_COLUMNS:
+                pd.testing.assert_series_equal(h[col], reports[col], check_exact=True, obj=f"{attempt}: {col}")
+    finally:
+        kill_run_processes(ray_tmp, tmp_path)
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("short").experiment_id], max_results=100)
+    children = {r.data.tags["trial_id"]: r for r in runs if PARENT_TAG in r.data.tags}
+    assert len(runs) == 3 and sorted(children) == ["t0000", "t0001"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.data.tags["rnnsweep.status"] for r in children.values()} == {"finished"}
+
