@@ -1,13 +1,19 @@
-"""The driver's Tune callback: trial results flow from Tune into MLflow child runs and the Parquet tables."""
+"""The driver's Tune callback: trial results flow from Tune into MLflow child runs and the Parquet tables.
+
+The tracking store going away (a server stopped, a network cut) stops the sweep as Ctrl-C does: the first tracking
+call that fails is remembered, the process sends itself SIGINT (Tune then stops the trials and saves its state), and
+from then on the callback records to the tables only. `--resume` later logs to MLflow what it lacks (reports, the
+end of trials that ended meanwhile)."""
 from __future__ import annotations
 
 import math
 import os
 import shutil
+import signal
 import tempfile
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Callable
 
 from ray import tune
 
@@ -17,6 +23,8 @@ from .lineage import Lineage
 from .results import utc_now
 from .vocab import CLOSED, best, run_name, trial_key
 
+REPORT_METRICS = ("train_loss", "val_loss", "val_bpc", "chars_per_sec", "lr")  # a report's metrics in MLflow
+
 
 class SweepCallback(tune.Callback):
     """Driver side of the metric flow: Tune results -> MLflow child runs and the Parquet tables.
@@ -25,7 +33,9 @@ class SweepCallback(tune.Callback):
     still running after fit() then were stopped by the budget, not interrupted."""
 
     def __init__(self, *, cfg: SweepConfig, tracker, table, budget_deadline: float | None = None):
-        self.cfg, self.tracker, self.table = cfg, tracker, table
+        self.cfg, self.table = cfg, table
+        self.tracker = _Guarded(tracker, on_failure=self._tracking_failed)
+        self.fitting = False  # between Tune's setup and the end of its run: while Tune handles SIGINT
         self.budget_deadline = budget_deadline
         self.base = cfg.base_values()  # the fixed options every trial starts from
         self.runs: dict[str, str] = {}  # Tune trial id (or packed member id) -> MLflow run id
@@ -69,11 +79,23 @@ class SweepCallback(tune.Callback):
                 started = self.pack_started.get(self.packs[trial.index][1]) if isinstance(trial, _Member) else None
                 self.table.start_trial(key, {**{k: v for k, v in hp.items() if k != "iterations"},
                                              "started_at": started or utc_now()})
-            self.table.set_trial(key, {"status": "running", "mlflow_run_id": self.runs[trial.trial_id],
-                                       "target_iterations": hp["iterations"]})
+            self.table.set_trial(key, {"status": "running", "target_iterations": hp["iterations"],
+                                       **_run_id(self.runs[trial.trial_id])})
+            self._catch_up(key, self.runs[trial.trial_id])
         return self.runs[trial.trial_id]
 
+    def _catch_up(self, key: str, run: str | None) -> None:
+        """Log to the trial's run the reports the history holds and the run lacks (the tracking server was gone
+        when they came, or the run is new): steps MLflow already has are skipped (Tracker.log_metrics)."""
+        for row in self.table.history_of(key):
+            metrics = {k: row[k] for k in REPORT_METRICS if row.get(k) is not None}
+            if metrics:
+                self.tracker.log_metrics(run, metrics, step=int(row["iteration"]))
+
     # Tune hooks ----------------------------------------------------------------------------------
+    def setup(self, **info):
+        self.fitting = True
+
     def on_trial_start(self, iteration, trials, trial, **info):
         if self._is_pack(trial):  # its members' runs open at their first report
             self.pack_started.setdefault(trial.config["pack"], utc_now())
@@ -95,11 +117,12 @@ class SweepCallback(tune.Callback):
         """A report repeated after a restart or a resume (the trial went on from an older checkpoint) is
         recorded once: MLflow skips steps it already has, the history keeps the first row per iteration.
         MLflow first, then the journal: a kill in between leaves a report in MLflow that the history
-        picks up when it comes again, never one in the history that MLflow lacks."""
+        picks up when it comes again, never one in the history that MLflow lacks. A report whose tracking call
+        failed is kept all the same; the next driver logs it to the run (_catch_up)."""
         key, _ = self._key(trial)
         run = self._run(trial)
         it = int(result["iteration"])
-        metrics = {k: result[k] for k in ("train_loss", "val_loss", "val_bpc", "chars_per_sec")}
+        metrics = {k: result[k] for k in REPORT_METRICS if k != "lr"}
         if "lr" in result:  # the learning rate in force (PBT changes it; MLflow params cannot change)
             metrics["lr"] = result["lr"]
         event = self.lineage.observe(key, result)
@@ -157,14 +180,16 @@ class SweepCallback(tune.Callback):
 
     def on_experiment_end(self, trials, **info):
         """Tune's run ends (all trials done, interrupted, or out of time): close what no driver closed."""
-        for trial in trials:
-            if trial.status in ("TERMINATED", "ERROR"):
-                self._close_unclosed(trial, trials)
+        self.fitting = False
+        if self.tracking_error is None:  # (else the next --resume does it)
+            for trial in trials:
+                if trial.status in ("TERMINATED", "ERROR"):
+                    self._close_unclosed(trial, trials)
 
     def _close_unclosed(self, trial, trials) -> None:
-        """A trial Tune restored as ended that no driver closed -- its row is gone (trials.parquet moved aside) -- is
-        closed as it was when it ended, from Tune's record of it (its last result, checkpoint and error); else it
-        would count as unfinished for ever."""
+        """A trial Tune restored as ended that no driver closed -- its row is gone (trials.parquet moved aside) or its
+        run is open (the tracking server went away as it ended) -- is closed as it was when it ended, from Tune's
+        record of it (its last result, checkpoint and error); else it would count as unfinished for ever."""
         members = [trial]
         if self._is_pack(trial):
             for m in (trial.last_result or {}).get("members", []):  # as on_trial_result does
@@ -174,7 +199,9 @@ class SweepCallback(tune.Callback):
                     "target_iterations": trial.last_result["target_iterations"]}
             members = self._pack_members(trial)
         before = {t.trial_id: dict(self.table.trials.get(self._key(t)[0], {})) for t in members}
-        if not any(t.trial_id not in self.runs and before[t.trial_id].get("status") not in CLOSED for t in members):
+        if not any(t.trial_id not in self.runs and (before[t.trial_id].get("status") not in CLOSED
+                                                    or self._key(t)[0] in getattr(self.tracker, "open_children", ()))
+                   for t in members):
             return
         if trial.status == "ERROR":
             self.on_trial_error(0, trials, trial)
@@ -188,6 +215,16 @@ class SweepCallback(tune.Callback):
                                                    "ended_at": was.get("ended_at") or ended,
                                                    **({"sample": last["sample"]} if last.get("sample") else {})})
         self.table.write()
+
+    # tracking failures ---------------------------------------------------------------------------
+    @property
+    def tracking_error(self) -> BaseException | None:
+        """The tracking call that failed, if one did: no tracking call has been made since."""
+        return self.tracker.error
+
+    def _tracking_failed(self, error: BaseException) -> None:
+        if self.fitting:  # Tune's handler: stop the trials, save Tune's state, return from fit()
+            os.kill(os.getpid(), signal.SIGINT)
 
     # packed trials -------------------------------------------------------------------------------
     @staticmethod
@@ -225,7 +262,7 @@ class SweepCallback(tune.Callback):
         speeds = [r["chars_per_sec"] for r in hist if r["chars_per_sec"]]
         lrs = [r.get("lr") for r in hist if r.get("lr") is not None]
         self.table.set_trial(key, {
-            "status": status, "mlflow_run_id": run,
+            "status": status, **_run_id(run),
             "iterations": int(last.get("iteration", 0)),
             "train_loss": _num(last.get("train_loss")), "val_loss": _num(last.get("val_loss")),
             "val_bpc": _num(last.get("val_bpc")), "min_val_loss": min(vals) if vals else None,
@@ -301,6 +338,38 @@ class SweepCallback(tune.Callback):
               f"{pending} pending{best_txt}", flush=True)
 
 
+class _Guarded:
+    """The tracker as the callback uses it: the first call that fails with a tracking error (pipeline.tracking's
+    store_errors) is kept in ``error`` and reported to ``on_failure``; it and every later call then return None."""
+
+    def __init__(self, tracker, *, on_failure: Callable[[BaseException], None]):
+        self._tracker, self._on_failure = tracker, on_failure
+        self.error: BaseException | None = None
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):  # (pickle looks for __setstate__ before _tracker is set)
+            raise AttributeError(name)
+        attr = getattr(self._tracker, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            if self.error is not None:
+                return None
+            try:
+                return attr(*args, **kwargs)
+            except Exception as e:
+                from .tracking import store_errors
+
+                if not isinstance(e, store_errors()):
+                    raise
+                self.error = e
+                self._on_failure(e)
+                return None
+
+        return call
+
+
 class _Member:
     """A packed trial seen through the single-trial bookkeeping: same key, config, run and row."""
 
@@ -308,6 +377,11 @@ class _Member:
         self.index, self.config = index, config
         self.trial_id = f"member_{index:05d}"  # trial_index() reads the suffix, as for Tune's ids
         self.last_result: dict[str, Any] | None = None
+
+
+def _run_id(run: str | None) -> dict[str, str]:
+    """The row's mlflow_run_id, unless the tracking call that makes it failed (the row keeps the one it has)."""
+    return {"mlflow_run_id": run} if run else {}
 
 
 def _from_unix(t) -> datetime | None:

@@ -98,7 +98,7 @@ def _run_locked(cfg: SweepConfig, tune_dir: str, uri: str, *, address: str | Non
         except KeyboardInterrupt:  # outside Tune's run (which handles Ctrl-C itself): close what is open
             if sweep is not None:
                 sweep.callback.finish()
-                sweep.tracker.finish_sweep(status="KILLED", best=None, files=[])
+                sweep.callback.tracker.finish_sweep(status="KILLED", best=None, files=[])
             raise
         finally:
             ray.shutdown()
@@ -192,16 +192,23 @@ def _finish(sweep: _Sweep) -> int:
     import ray
 
     from .startup import report_while
-    from .tracking import ui_command
+    from .tracking import failure_text, ui_command
 
     cfg, table = sweep.cfg, sweep.table
     closed = sum(1 for r in table.trials.values() if r.get("status") in CLOSED)
     interrupted = closed < cfg.num_trials and not sweep.callback.budget_ran_out()
-    sweep.callback.finish()
+    sweep.callback.finish()  # (after a tracking failure: the tables only, as every call below)
     best = sweep.callback.best()
-    sweep.tracker.finish_sweep(status="KILLED" if interrupted else "FINISHED", best=best,
-                               files=[str(table.trials_path), str(table.history_path)])
+    tracking = sweep.callback.tracker  # a failing call stops nothing here, and leaves the error on the callback
+    tracking.finish_sweep(status="KILLED" if interrupted else "FINISHED", best=best,
+                          files=[str(table.trials_path), str(table.history_path)])
     _print_summary(cfg, table, best, ui_command(sweep.tracking_uri), sweep.parent_run)
+    lost = sweep.callback.tracking_error
+    if lost is not None:  # the callback stopped the sweep as Ctrl-C does; MLflow's side is closed by --resume
+        print(f"\nerror: lost the MLflow tracking store at {sweep.tracking_uri} ({failure_text(lost)}); the trials were "
+              f"stopped and kept as on Ctrl-C; once it answers again, finish with  "
+              f"python -m pipeline.sweep {cfg.source_path} --resume", file=sys.stderr)
+        return 130
     if interrupted:  # an interrupted sweep gets its report when --resume finishes it
         print(f"\ninterrupted: finish with  python -m pipeline.sweep {cfg.source_path} --resume", file=sys.stderr)
         return 130

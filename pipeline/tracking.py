@@ -19,6 +19,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -27,6 +28,8 @@ import time
 import urllib.parse
 import urllib.request
 from typing import TYPE_CHECKING, Any, Mapping
+
+from .vocab import CLOSED
 
 if TYPE_CHECKING:
     from .lineage import LineageEvent
@@ -46,6 +49,12 @@ MLFLOW_ENV = {
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
     # nor progress bars for artifact transfers (shown once tqdm is installed): a few small files each
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    # a server that went away fails a call within ~10 s (3 retries, 1 + 2 + 4 s of backoff plus jitter), not after
+    # MLflow's default of 7 retries with doubling backoff (~4 minutes); the driver then stops the sweep as Ctrl-C
+    # does (pipeline.callback). 30 s for one request's connect or read, not 120.
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
 }
 
 
@@ -56,6 +65,26 @@ def _quiet_mlflow() -> None:
 
 class TrackingError(RuntimeError):
     """The tracking server cannot be used; the message says which URI and what to do."""
+
+
+def store_errors() -> tuple[type[BaseException], ...]:
+    """What a tracking call raises when the store cannot be used (a server gone or refusing, a broken database):
+    MLflow's own exception, and the HTTP and OS errors under it."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    return (MlflowException, requests.RequestException, OSError)
+
+
+def failure_text(error: BaseException) -> str:
+    """A failed tracking call in a few words: the OS's reason when there is one ("[Errno 111] Connection refused"),
+    else the first line of the message, shortened."""
+    text = str(error)
+    found = re.search(r"\[Errno -?\d+\] [^'\")\\]+", text)
+    if found:
+        return found.group(0).strip()
+    first = (text.strip().splitlines() or [type(error).__name__])[0]
+    return first if len(first) <= 160 else first[:157] + "..."
 
 
 def resolve_uri(uri: str | None) -> str:
@@ -268,6 +297,7 @@ class Tracker:
             self.experiment_id = exp.experiment_id
         self.parent_id: str | None = None
         self.children: dict[str, str] = {}  # trial_id tag -> run id, the parent's existing child runs (resume)
+        self.open_children: set[str] = set()  # trial_id tags of those runs not ended with a closed status (resume)
         self.last_step: dict[str, int] = {}  # run id -> highest step logged, so a repeated report is not re-logged
 
     def _find(self, filter_string: str) -> str | None:
@@ -304,6 +334,11 @@ class Tracker:
             for r in page:
                 if TRIAL_TAG in r.data.tags:
                     out[r.data.tags[TRIAL_TAG]] = r.info.run_id
+                    # (newest first, so the run kept, the oldest, decides)
+                    if r.info.status == "RUNNING" or r.data.tags.get(STATUS_TAG) not in CLOSED:
+                        self.open_children.add(r.data.tags[TRIAL_TAG])
+                    else:
+                        self.open_children.discard(r.data.tags[TRIAL_TAG])
             token = page.token
             if not token:
                 return out

@@ -225,6 +225,17 @@ class Procs:
                 pass
 
 
+def start_mlflow_server(procs: Procs, home: Path, port: int, cli_env, name: str = "mlflow server") -> str:
+    """`mlflow server` on 127.0.0.1:port with its store and artifacts in `home` (the same `home` and port again: the
+    same server back); returns its URI once it is started (not yet answering: wait_for its /health)."""
+    procs.start(name, [
+        str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+        "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}", "--artifacts-destination",
+        str(home / "artifacts"), "--serve-artifacts", "--workers", "1",
+    ], cli_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **NO_TELEMETRY), home / f"{name.replace(' ', '-')}.log")
+    return f"http://127.0.0.1:{port}"
+
+
 def wait_for(what: str, ready, procs: Procs, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not ready():
@@ -278,11 +289,7 @@ def cluster(tmp_path_factory, short_tmp, cli_env) -> Iterator[Cluster]:
     atexit.register(procs.stop)  # if the session dies before the finally below runs
     try:
         mlflow_port, gcs_port = free_port(), free_port()
-        procs.start("mlflow server", [
-            str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port),
-            "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}", "--artifacts-destination",
-            str(home / "artifacts"), "--serve-artifacts", "--workers", "1",
-        ], cli_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **NO_TELEMETRY), home / "mlflow.log")
+        start_mlflow_server(procs, home, mlflow_port, cli_env)
 
         ray_env = cli_env(ray_tmp=ray_tmp, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, CUDA_VISIBLE_DEVICES="",
                           RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0", **NO_TELEMETRY)

@@ -990,3 +990,84 @@ def test_tables_moved_aside_are_rebuilt_by_resume_which_then_finishes(tmp_path: 
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert {r.data.tags["rnnsweep.status"] for r in children.values()} == {"finished"}
 
+
+# ------------------------------------------------------------------------------------ 7. tracking server lost
+
+
+def runs_with_metrics(uri: str, experiment: str) -> list[tuple[Any, dict[str, list]]]:
+    """Every run of the experiment, with the history of each report metric."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id], max_results=100)
+    return [(r, {k: sorted(client.get_metric_history(r.info.run_id, k), key=lambda m: m.step) for k in METRICS})
+            for r in runs]
+
+
+@pytest.mark.slow
+def test_a_tracking_server_that_dies_mid_sweep_stops_it_like_ctrl_c(tmp_path: Path, cli_env, short_tmp) -> None:
+    """A real `mlflow server`, killed (SIGKILL to its process group) once the first trial reported: within seconds
+    the driver stops the trials as on Ctrl-C, prints one line naming the server and the --resume command, and
+    exits 130 (it used to retry for about 4 minutes and die with 272 lines of tracebacks). With the server back
+    on the same port and store, --resume finishes: every run closed, every report in MLflow once."""
+    from test_cluster import Procs, free_port, http_ok, start_mlflow_server, wait_for
+
+    home, ray_tmp, spare = tmp_path / "server", short_tmp(), short_tmp()
+    home.mkdir()
+    first, again = Procs(spare), Procs(spare)  # each server's process group (Ray's processes are found by ray_tmp)
+    port = free_port()
+    sweep = {**SHORT, "name": "lost-server", "train": {**SHORT["train"], "iterations": 20000},
+             "mlflow": {"experiment": "lost-server", "tracking_uri": f"http://127.0.0.1:{port}"}}
+    write_sweep(tmp_path, sweep, corpus())
+    env = cli_env(ray_tmp=ray_tmp, MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="true")
+    journal = tmp_path / "out" / ".history.jsonl"
+    drivers: list[Driver] = []
+    try:
+        uri = start_mlflow_server(first, home, port, cli_env)
+        wait_for("the MLflow server", lambda: http_ok(f"{uri}/health"), first, timeout=90)
+        drivers.append(run := Driver(tmp_path, env, "sweep.yaml", name="run"))
+        run.wait_until("the first report", lambda: journal.exists() and '"iteration"' in journal.read_text())
+        server = first.procs[0][1]
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
+        t_kill = time.monotonic()
+        rc = run.wait(timeout=120)
+        stop_s = time.monotonic() - t_kill
+        print(f"\ntracking server killed -> driver exit {rc} after {stop_s:.1f} s; stderr:\n{run.stderr}")
+        assert rc == 130, run.describe()
+        assert stop_s < 30, run.describe()
+        said = [line for line in run.stderr.splitlines() if uri in line and "--resume" in line]
+        assert len(said) == 1, run.describe()
+        assert said[0].startswith("error:") and f"python -m pipeline.sweep {tmp_path / 'sweep.yaml'} --resume" in said[0]
+        assert "Traceback" not in run.stdout + run.stderr, run.describe()
+        assert "MlflowException" not in run.stderr.replace(said[0], ""), run.describe()
+        # kept as on Ctrl-C: the table holds each trial's newest report
+        t = read_trials(tmp_path / "out").set_index("trial_id")
+        assert t.loc["t0000", "status"] in ("interrupted", "finished") and t.loc["t0000", "iterations"] > 0, t
+
+        start_mlflow_server(again, home, port, cli_env, name="mlflow server again")
+        wait_for("the MLflow server again", lambda: http_ok(f"{uri}/health"), again, timeout=90)
+        drivers.append(resumed := Driver(tmp_path, env, "sweep.yaml", "--resume", name="resume"))
+        assert resumed.wait(timeout=300) == 0, resumed.describe()
+        runs = runs_with_metrics(uri, "lost-server")
+    finally:
+        for driver in drivers:
+            if driver.proc.poll() is None:
+                driver.kill_group()
+        kill_run_processes(ray_tmp, tmp_path)
+        first.stop()
+        again.stop()
+
+    parents = [r for r, _ in runs if PARENT_TAG not in r.data.tags]
+    children = {r.data.tags["trial_id"]: (r, m) for r, m in runs if PARENT_TAG in r.data.tags}
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    assert sorted(children) == ["t0000", "t0001"] and len(children) == len(runs) - 1
+    t, h = read_trials(tmp_path / "out").set_index("trial_id"), read_history(tmp_path / "out")
+    assert list(t["status"]) == ["finished", "finished"]
+    for tid, (r, metrics) in children.items():
+        assert r.info.status == "FINISHED" and r.data.tags["rnnsweep.status"] == "finished", (tid, r.info.status)
+        assert t.loc[tid, "mlflow_run_id"] == r.info.run_id
+        rows = h[h["trial_id"] == tid]
+        for key, hist in metrics.items():  # every report once, those that came while the server was gone too
+            assert [m.step for m in hist] == list(rows["iteration"]), (tid, key)
+            assert [m.value for m in hist] == list(rows[key]), (tid, key)
