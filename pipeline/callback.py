@@ -246,11 +246,11 @@ class SweepCallback(tune.Callback):
         if cp is None:
             return
         name = CHECKPOINT_FILE if member_index is None else member_file(member_index)
-        with cp.as_directory() as d:
+        with cp.as_directory() as d, tempfile.TemporaryDirectory(prefix="rnnsweep-member-") as tmp:
             path = os.path.join(d, name)
             if os.path.exists(path):
                 if member_index is not None:  # logged under the name every trial's checkpoint has
-                    path = shutil.copy(path, os.path.join(tempfile.mkdtemp(), CHECKPOINT_FILE))
+                    path = shutil.copy(path, os.path.join(tmp, CHECKPOINT_FILE))
                 self.tracker.log_file(run, path, "model")
 
     def _close(self, key, run, status, tags, last, *, error: str) -> None:
@@ -306,7 +306,7 @@ class SweepCallback(tune.Callback):
                 result, source = self.last.get(key, ({}, None))
                 last = {"target_iterations": row.get("target_iterations"), **newest, **result}
                 done, target = int(last.get("iteration", 0)), int(last.get("target_iterations") or 0)
-                status = "finished" if done >= target else "stopped"
+                status = "finished" if target and done >= target else "stopped"  # (never trained: stopped at 0)
                 tags = {"stop_reason": f"time budget at iteration {done} of {target}"} if status == "stopped" else {}
                 if source is not None:  # its newest checkpoint, as a trial that ends otherwise has
                     self._log_checkpoint(source[0].checkpoint, run, source[1])
