@@ -43,20 +43,22 @@ def _storage(value: Any) -> str | None:
     return value if "://" in value else str(_local_path(value))
 
 
-def _name(value: str) -> str:
+def _identifier(value: str, *, names: str, sep: str, example: str) -> str:
+    """A name made of letters, digits, '.', '_' and '-' (``names`` says what it names, for the message)."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
-        fix = re.sub(r"[^A-Za-z0-9._-]+", "_", value).strip("._-") or "my_sweep"
-        raise ValueError(f"must be letters, digits, '.', '_' or '-' (it names a folder and an MLflow "
-                         f"experiment), but got {show(value)}; try {show(fix)}")
+        fix = re.sub(r"[^A-Za-z0-9._-]+", sep, value).strip("._-") or example
+        raise ValueError(f"must be letters, digits, '.', '_' or '-' (it names {names}), but got {show(value)}; "
+                         f"try {show(fix)}")
     return value
+
+
+def _name(value: str) -> str:
+    return _identifier(value, names="a folder and an MLflow experiment", sep="_", example="my_sweep")
 
 
 def _model_name(value: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value):
-        fix = re.sub(r"[^A-Za-z0-9._-]+", "-", value).strip("._-") or "my-model"
-        raise ValueError(f"must be letters, digits, '.', '_' or '-' (it names a registered MLflow model, loaded as "
-                         f"models:/NAME/VERSION), but got {show(value)}; try {show(fix)}")
-    return value
+    return _identifier(value, names="a registered MLflow model, loaded as models:/NAME/VERSION", sep="-",
+                       example="my-model")
 
 
 def _empty_as_default(value: Any) -> Any:

@@ -189,6 +189,20 @@ def small_specs() -> list[dict[str, Any]]:
     ]
 
 
+def write_small(root: Path) -> dict[str, Any]:
+    """The small sweep written under `root` as a finished sweep leaves it: MLflow runs (a local store with a
+    checkpoint on every child) and the results folder. Returns uri, out, text, trials, checkpoint, parent."""
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    out = root / "results" / "small"
+    text = sweep_yaml("small", SMALL_TRAIN, num_samples=3, output=str(out), tracking_uri=uri)
+    trials, history = build_trials(small_specs(), base=SMALL_BASE)
+    checkpoint = make_checkpoint(root / "checkpoint.npz")
+    parent = log_to_mlflow(uri, root / "artifacts", name="small", sweep_text=text, trials=trials,
+                           checkpoint=checkpoint)
+    write_sweep(out, text, trials, history)
+    return {"uri": uri, "out": out, "text": text, "trials": trials, "checkpoint": checkpoint, "parent": parent}
+
+
 REALISTIC_BASE = {"batch_size": 8, "dtype": "float32", "iterations": 6000, "eval_every": 500,
                   "sample_every": 2000}
 REALISTIC_TRAIN = {"hidden_size": {"grid_search": [64, 128, 256]}, "seq_length": {"choice": [16, 32, 64]},

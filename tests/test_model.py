@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures_report import PRIME, SMALL_BASE, SMALL_TRAIN, build_trials, log_to_mlflow, make_checkpoint, \
-    small_specs, sweep_yaml, write_sweep
+from fixtures_report import PRIME, write_small
 
 REPO = Path(__file__).resolve().parents[1]
 NAME = "small-best"
@@ -27,15 +26,9 @@ def logged(tmp_path_factory):
     from pipeline import tracking
 
     root = tmp_path_factory.mktemp("model")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    out = root / "results" / "small"
-    text = sweep_yaml("small", SMALL_TRAIN, num_samples=3, output=str(out), tracking_uri=uri)
-    trials, history = build_trials(small_specs(), base=SMALL_BASE)
-    checkpoint = make_checkpoint(root / "checkpoint.npz")
-    parent = log_to_mlflow(uri, root / "artifacts", name="small", sweep_text=text, trials=trials,
-                           checkpoint=checkpoint)
-    write_sweep(out, text, trials, history)
-    best = next(t for t in trials if t["trial_id"] == "t0003")
+    small = write_small(root)
+    uri, out, parent, checkpoint = small["uri"], small["out"], small["parent"], small["checkpoint"]
+    best = next(t for t in small["trials"] if t["trial_id"] == "t0003")
     uris = [tracking.log_best_model(uri, best, parent_run_id=parent, register_as=NAME) for _ in range(2)]
     plain = tracking.log_best_model(uri, best, parent_run_id=None)
     return {"root": root, "uri": uri, "out": out, "parent": parent, "best": best, "checkpoint": checkpoint,

@@ -22,12 +22,11 @@ from pipeline.sample import SampleError, sample_trial
 from pipeline.sample import main as sample_main
 from rnncore.config import FIELD_NAMES
 from fixtures_report import (
+    write_small,
     PRIME,
     SMALL_BASE,
     SMALL_TRAIN,
     build_trials,
-    log_to_mlflow,
-    make_checkpoint,
     small_specs,
     sweep_yaml,
     write_realistic,
@@ -45,16 +44,9 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def small(tmp_path_factory):
     """The 6-trial sweep with MLflow runs (t0002 stopped, t0004 diverged, t0003 best), reported once."""
     root = tmp_path_factory.mktemp("small")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    out = root / "results" / "small"
-    text = sweep_yaml("small", SMALL_TRAIN, num_samples=3, output=str(out), tracking_uri=uri)
-    trials, history = build_trials(small_specs(), base=SMALL_BASE)
-    checkpoint = make_checkpoint(root / "checkpoint.npz")
-    parent = log_to_mlflow(uri, root / "artifacts", name="small", sweep_text=text, trials=trials,
-                           checkpoint=checkpoint)
-    write_sweep(out, text, trials, history)
-    report = write_report(out)
-    return {"root": root, "uri": uri, "out": out, "parent": parent, "report": report,
+    small = write_small(root)
+    report = write_report(small["out"])
+    return {"root": root, "uri": small["uri"], "out": small["out"], "parent": small["parent"], "report": report,
             "md": (report / "report.md").read_text(encoding="utf-8")}
 
 
