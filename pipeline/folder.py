@@ -14,9 +14,8 @@ import json
 import os
 from typing import Any, Iterator
 
-import yaml
-
 from .config import SweepConfig
+from .sweepfile import parse_yaml
 
 __all__ = ["FolderError", "IDENTITY_FILE", "LOCK_FILE", "check", "identity", "identity_changes", "lock",
            "record_identity", "refuse_if_in_use"]
@@ -81,8 +80,8 @@ def lock(cfg: SweepConfig) -> Iterator[None]:
 
 def check(cfg: SweepConfig, *, resume: bool) -> str:
     """Check the output folder against --resume, and a resumed sweep against what it started with (the sweep
-    file and the corpus, recorded in IDENTITY_FILE); record them for a new one. Returns the folder of Tune's
-    own state."""
+    file and the corpus, recorded in IDENTITY_FILE) and its tables (they must read back). Writes nothing.
+    Returns the folder of Tune's own state."""
     output = cfg.output.resolve()
     has_run = any((output / t).exists() for t in ("trials.parquet", "history.parquet")) or \
         (not cfg.storage and (output / "tune").exists())
@@ -121,7 +120,7 @@ def record_identity(cfg: SweepConfig) -> None:
 def identity(cfg: SweepConfig) -> dict[str, Any]:
     """What a sweep's trials depend on: its sweep file (as parsed: comments and layout aside) and its corpus."""
     corpus = cfg.corpus()
-    return {"sweep_text": cfg.source_text, "sweep": yaml.safe_load(cfg.source_text),
+    return {"sweep_text": cfg.source_text, "sweep": parse_yaml(cfg.source_text, cfg.source_path),
             "corpus": {"path": str(cfg.data.path), "sha256": corpus.sha256,
                        "characters": int(len(corpus.train) + len(corpus.val))}}
 

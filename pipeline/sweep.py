@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
-import math
 import os
 import signal
 import socket
@@ -22,7 +21,8 @@ from typing import Any, Sequence
 
 from . import folder, raycompat
 from .config import ConfigError, SweepConfig, load_sweep
-from .vocab import CLOSED, ranked
+from .tracking import TrackingError  # (tracking imports MLflow only when it uses it)
+from .vocab import CLOSED, finite, ranked
 
 BLAS_ENV = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
 
@@ -53,7 +53,6 @@ class _Sweep:
 
     cfg: SweepConfig
     tracking_uri: str
-    tracker: Any  # tracking.Tracker
     parent_run: str
     table: Any  # results.ResultsTable
     callback: Any  # callback.SweepCallback
@@ -142,8 +141,8 @@ def _open_sweep(cfg: SweepConfig, uri: str, *, resume: bool) -> _Sweep:
           f"MLflow experiment {cfg.mlflow.experiment!r} at {uri}", flush=True)
     for note in cfg.notes():
         print(f"note: {note}", file=sys.stderr, flush=True)
-    return _Sweep(cfg=cfg, tracking_uri=uri, tracker=tracker, parent_run=parent, table=table, callback=callback,
-                  trials=trials, packs=packs)
+    return _Sweep(cfg=cfg, tracking_uri=uri, parent_run=parent, table=table, callback=callback, trials=trials,
+                  packs=packs)
 
 
 def _build_tuner(sweep: _Sweep, tune_dir: str, *, resume: bool):
@@ -218,8 +217,8 @@ def _finish(sweep: _Sweep) -> int:
               file=sys.stderr)
     _log_best_model(sweep, best)
     if table.trials:
-        folder = report_while(ray.shutdown, cfg.output.resolve(), tracking_uri=sweep.tracking_uri)
-        print(f"report:  {folder / 'report.md'}  ({folder / 'report.html'} with its plots)")
+        report_dir = report_while(ray.shutdown, cfg.output.resolve(), tracking_uri=sweep.tracking_uri)
+        print(f"report:  {report_dir / 'report.md'}  ({report_dir / 'report.html'} with its plots)")
     statuses = [r["status"] for r in table.trials.values()]
     return 1 if statuses and all(s == "failed" for s in statuses) else 0
 
@@ -349,7 +348,8 @@ def _budget_deadline(budget: float | None) -> float | None:
 def _print_summary(cfg: SweepConfig, table, best, ui: str, parent: str) -> None:
     # the ranked trials, best first, then the rest that have the metric (diverged, interrupted...), by id
     top = ranked(table.trials.values(), metric=cfg.metric, mode=cfg.mode)
-    rest = [r for _, r in sorted(table.trials.items()) if r not in top and _finite(r.get(cfg.metric))]
+    shown = {r["trial_id"] for r in top}
+    rest = [r for key, r in sorted(table.trials.items()) if key not in shown and finite(r.get(cfg.metric))]
     rows = top + rest
     names = list(cfg.searched) + (["final_lr"] if cfg.scheduler.type == "pbt" else [])  # PBT: the lr it ended with
     print(f"\nleaderboard (top {min(10, len(rows))} of {len(table.trials)} by {cfg.metric}):")
@@ -365,10 +365,6 @@ def _print_summary(cfg: SweepConfig, table, best, ui: str, parent: str) -> None:
               + "  ".join(f"{n}={_fmt(best.get(n))}" for n in names))
     print(f"\ntables:  {table.trials_path}\n         {table.history_path}")
     print(f"MLflow:  {ui}   (experiment {cfg.mlflow.experiment!r}, parent run {parent[:12]})")
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 def _fmt(v) -> str:
@@ -422,16 +418,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\ninterrupted: finish with  python -m pipeline.sweep {cfg.source_path} --resume" if started
               else "\ninterrupted before any trial started; run the same command again", file=sys.stderr)
         return 130
-    except (SweepError, ConfigError, folder.FolderError) as e:
+    except (SweepError, ConfigError, folder.FolderError, TrackingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:
-        from .tracking import TrackingError
-
-        if isinstance(e, TrackingError):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        raise
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from typing import Any, Literal, TypeVar
 
 __all__ = [
     "CLOSED", "METRICS", "MetricName", "RANKED", "SHORT_NAMES", "STATUSES", "Status",
-    "best", "is_ranked", "parse_trial_key", "ranked", "run_name", "short", "trial_key",
+    "best", "finite", "is_ranked", "parse_trial_key", "ranked", "run_name", "short", "trial_key",
 ]
 
 # --------------------------------------------------------------------------- statuses
@@ -48,14 +48,15 @@ METRICS: dict[str, tuple[str, str]] = {
 Row = TypeVar("Row")
 
 
-def _finite(x: Any) -> bool:
+def finite(x: Any) -> bool:
+    """A real number that is neither NaN nor infinite (not a bool)."""
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def is_ranked(row: Mapping[str, Any], metric: str) -> bool:
     """A trial competes for "best" when it ended normally (finished, or stopped early by the scheduler) and its
     metric is a finite number. Diverged, failed, interrupted and running trials never do."""
-    return row.get("status") in RANKED and _finite(_plain(row.get(metric)))
+    return row.get("status") in RANKED and finite(_plain(row.get(metric)))
 
 
 def ranked(trials: Any, *, metric: str, mode: str) -> Any:
