@@ -35,26 +35,28 @@ def invalid(problems: Sequence[Inner], value: Any) -> ValidationError:
         for place, text in problems])
 
 
-def _value_problem(name: str, value: Any) -> str | None:
-    """The engine's verdict on one value of option ``name``: its rule, without the option's name in front."""
+def _checked(name: str, value: Any) -> tuple[Any, str | None]:
+    """The engine's verdict on one value of option ``name``: the value coerced to the option's type, or its rule
+    without the option's name in front."""
     try:
         value = coerce(name, value)
     except OptionError as e:
         kind = {int: "a whole number", float: "a number", str: "a string"}[FIELD_TYPES[name]]
-        return f"{e.rule}; {number_hint(value) or f'write {kind} such as {getattr(TrainConfig, name)!r} (the default)'}"
+        fix = number_hint(value) or f"write {kind} such as {getattr(TrainConfig, name)!r} (the default)"
+        return None, f"{e.rule}; {fix}"
     try:
         check_value(name, value)
     except OptionError as e:
-        return e.rule
-    return None
+        return None, e.rule
+    return value, None
 
 
 def option(name: str, value: Any) -> tuple[Any, list[Inner]]:
     """Option ``name`` as the engine takes it: a fixed value (coerced to its type) or a Domain whose every value
     the engine accepts; else the problems, each under its place in the value (a domain's search key)."""
     if not isinstance(value, (Mapping, Domain)):
-        problem = _value_problem(name, value)
-        return (None, [((), problem)]) if problem else (coerce(name, value), [])
+        value, problem = _checked(name, value)
+        return (None, [((), problem)]) if problem else (value, [])
     try:
         domain = value if isinstance(value, Domain) else Domain.parse(value)
     except DomainError as e:
@@ -68,11 +70,12 @@ def option(name: str, value: Any) -> tuple[Any, list[Inner]]:
                               f"use {INT_COUNTERPART[domain.kind]} instead")]
     labelled = ([(f"value {i}", v) for i, v in enumerate(domain.args)] if domain.is_categorical
                 else list(zip(("smallest value", "largest value"), domain.extremes())))
-    problems = [(where, f"{label} {p}") for label, v in labelled if (p := _value_problem(name, v))]
+    checked = [(label, *_checked(name, v)) for label, v in labelled]
+    problems = [(where, f"{label} {p}") for label, _, p in checked if p]
     if problems:
         return None, problems
     if domain.is_categorical:
-        domain = Domain(domain.kind, tuple(coerce(name, v) for v in domain.args))
+        domain = Domain(domain.kind, tuple(v for _, v, _ in checked))
     return domain, []
 
 
