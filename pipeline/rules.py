@@ -35,7 +35,7 @@ def across_keys(cfg: SweepConfig, broken: set[str], check_corpus: bool) -> list[
     if not {"metric", "data"} & broken and cfg.metric.startswith("val_") and cfg.data.val_fraction == 0:
         problems.append(("metric", f"{cfg.metric} needs a validation split, but got data.val_fraction=0; "
                                    "set val_fraction: 0.1, or use metric: train_loss"))
-    device = cfg.train.get("device", "cpu")
+    device = cfg.train.get("device", TrainConfig.device)
     devices = set(device.values()) if isinstance(device, Domain) else {device}
     if "gpu" in devices and not {"train.device", "resources"} & broken and cfg.resources.gpu == 0:
         problems.append(("train.device", "device gpu needs a GPU for each trial, but got resources.gpu=0; "
