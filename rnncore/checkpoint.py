@@ -52,13 +52,25 @@ def save(path: str | os.PathLike, cfg: TrainConfig, vocab: Vocab, state: TrainSt
     arrays.update(vocab=vocab.to_array(), h=state.h, iteration=np.int64(state.iteration), p=np.int64(state.p),
                   smooth_loss=np.float64(state.smooth_loss), config=np.str_(cfg.to_json()),
                   rng_state=np.str_(json.dumps(state.rng.bit_generator.state)), format=np.str_(FORMAT))
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".ckpt-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: given a name, np.savez would append .npz to it
             np.savez(f, **arrays)
-        os.chmod(tmp, file_mode())
+
+    save_atomically(path, write)
+
+
+def save_atomically(path: str | os.PathLike, write) -> None:
+    """Call write(temporary path) next to path, then rename it into place, readable as the umask allows: a reader
+    sees the old file or the new one, never half of one (checkpoints here; the sweep's report files too)."""
+    path = os.path.abspath(path)
+    name = os.path.basename(path)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".{name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, file_mode())  # mkstemp makes 0600: a teammate could not read the file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

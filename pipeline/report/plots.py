@@ -4,10 +4,8 @@ canvas (pyplot, with its global state, is not used) and is imported when a plot 
 from __future__ import annotations
 
 import math
-import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from rnncore.checkpoint import file_mode
+from rnncore.checkpoint import save_atomically
 
 from .. import vocab
 from ..config import Domain
@@ -75,20 +73,6 @@ def warm_up() -> None:
     ax.plot([0, 1], [0, 1], "o-", label="x")
     ax.set_title("x")
     fig.savefig(io.BytesIO(), format="png")
-
-
-def save_atomically(path: Path, write) -> None:
-    """Call write(temporary path) next to path, then rename it into place, readable as the umask allows."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, file_mode())  # mkstemp makes 0600; the report is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _save(fig, path: Path) -> None:

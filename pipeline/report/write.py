@@ -7,12 +7,13 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from rnncore.checkpoint import save_atomically
+
 from .. import tracking
 from .data import ReportError, SweepResults, load_results
 from .html import render_html
 from .markdown import render_markdown
-from .plots import (plot_bpc_vs, plot_files, plot_heatmap, plot_learning_curves, plot_lr_schedules, safe_name,
-                    save_atomically)
+from .plots import plot_bpc_vs, plot_files, plot_heatmap, plot_learning_curves, plot_lr_schedules, safe_name
 from .plots import warm_up as _warm_up_plots
 
 __all__ = ["ARTIFACT_DIR", "HTML_FILE", "REPORT_DIR", "REPORT_FILE", "main", "resolve_tracking_uri", "warm_up",
