@@ -249,7 +249,6 @@ def _time_major(dst, src_km) -> None:
     dst[...] = src_km.reshape(K, T, B, X).transpose(1, 0, 2, 3)
 
 
-
 def forward(P: Params, X, h0, ws: Workspace, masks=None):
     """Every layer over the window from the carried state h0; returns the top layer's output as rows."""
     for l, (layer, state) in enumerate(zip(ws.layers, ws.load_state(h0))):
