@@ -6,7 +6,6 @@ from then on the callback records to the tables only. `--resume` later logs to M
 end of trials that ended meanwhile)."""
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import signal
@@ -21,7 +20,7 @@ from . import raycompat
 from .config import SweepConfig
 from .lineage import Lineage
 from .results import utc_now
-from .vocab import CLOSED, best, run_name, trial_key
+from .vocab import CLOSED, best, finite, run_name, trial_key
 
 REPORT_METRICS = ("train_loss", "val_loss", "val_bpc", "chars_per_sec", "lr")  # a report's metrics in MLflow
 
@@ -258,14 +257,13 @@ class SweepCallback(tune.Callback):
         the tables on disk, and a point of the parent's best-so-far series."""
         self.tracker.end_run(run, status, tags)
         hist = self.table.history_of(key)
-        vals = [r["val_loss"] for r in hist if r["val_loss"] is not None and math.isfinite(r["val_loss"])]
         speeds = [r["chars_per_sec"] for r in hist if r["chars_per_sec"]]
         lrs = [r.get("lr") for r in hist if r.get("lr") is not None]
         self.table.set_trial(key, {
             "status": status, **_run_id(run),
             "iterations": int(last.get("iteration", 0)),
             "train_loss": _num(last.get("train_loss")), "val_loss": _num(last.get("val_loss")),
-            "val_bpc": _num(last.get("val_bpc")), "min_val_loss": min(vals) if vals else None,
+            "val_bpc": _num(last.get("val_bpc")), "min_val_loss": _min_val_loss(hist),
             "mean_chars_per_sec": sum(speeds) / len(speeds) if speeds else None,
             "wall_s": float(last.get("time_total_s", last.get("elapsed_s", 0.0))), "ended_at": utc_now(),
             **{k: last[k] for k in ("node", "node_ip") if last.get(k)},  # (a row of an earlier driver keeps its own)
@@ -313,10 +311,9 @@ class SweepCallback(tune.Callback):
                 self._close(key, run, status, tags, last, error="")
                 continue
             self.tracker.end_run(run, "interrupted")
-            vals = [r["val_loss"] for r in hist if _finite(r.get("val_loss"))]
             self.table.set_trial(key, {"status": "interrupted", "iterations": int(newest.get("iteration", 0)),
                                        **{k: newest.get(k) for k in ("train_loss", "val_loss", "val_bpc")},
-                                       "min_val_loss": min(vals) if vals else None})
+                                       "min_val_loss": _min_val_loss(hist)})
         self.table.write()
 
     def best(self) -> dict[str, Any] | None:
@@ -389,8 +386,9 @@ def _from_unix(t) -> datetime | None:
 
 
 def _num(x) -> float | None:
-    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) else None
+    return float(x) if finite(x) else None
 
 
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
+def _min_val_loss(hist: list[dict[str, Any]]) -> float | None:
+    """The `min_val_loss` column: the lowest finite val_loss of a trial's history rows."""
+    return min((r["val_loss"] for r in hist if finite(r.get("val_loss"))), default=None)
