@@ -350,9 +350,8 @@ class Tracker:
         found = self.children.get(trial_id)
         if found:
             self.client.update_run(found, status="RUNNING")
-            keys = self.client.get_run(found).data.metrics
-            steps = [m.step for k in keys for m in self.client.get_metric_history(found, k)]
-            self.last_step[found] = max(steps, default=-1)
+            rows = self.metric_rows(found)
+            self.last_step[found] = rows[-1]["iteration"] if rows else -1
             return found
         run = self.client.create_run(self.experiment_id, run_name=name,
                                      tags={TRIAL_TAG: trial_id, "mlflow.parentRunId": self.parent_id,
@@ -383,7 +382,7 @@ class Tracker:
 
     def metric_rows(self, run_id: str) -> list[dict[str, Any]]:
         """A run's metrics as rows of the history, one per step: ``{"iteration": step, name: value, ...}``
-        (to rebuild a history.parquet that was moved aside)."""
+        (to rebuild a history.parquet that was moved aside; the last is where a reattached run goes on)."""
         rows: dict[int, dict[str, Any]] = {}
         for key in self.client.get_run(run_id).data.metrics:
             for m in self.client.get_metric_history(run_id, key):
@@ -442,6 +441,9 @@ class Tracker:
         have ended), and the tags `best_trial` and `best_run_id`."""
         self.log_metrics(self.parent_id, {f"best_{k}": best[k] for k in BEST_METRICS
                                           if isinstance(best.get(k), (int, float))}, step)
+        self._tag_best(best)
+
+    def _tag_best(self, best: Mapping[str, Any]) -> None:
         self.set_tags(self.parent_id, {"best_trial": best.get("trial_id", ""),
                                        "best_run_id": best.get("mlflow_run_id", "")})
 
@@ -449,8 +451,7 @@ class Tracker:
         """status: the parent run's MLflow status (FINISHED, or KILLED for an interrupted sweep). ``best`` sets the
         best-trial tags again (the metrics were logged as each trial ended)."""
         if best:
-            self.set_tags(self.parent_id, {"best_trial": best.get("trial_id", ""),
-                                           "best_run_id": best.get("mlflow_run_id", "")})
+            self._tag_best(best)
         for f in files:
             if os.path.exists(f):
                 self.client.log_artifact(self.parent_id, f, "results")
