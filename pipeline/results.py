@@ -177,9 +177,7 @@ class ResultsTable:
         if key in self.history:
             return False
         self.history[key] = {"trial_id": trial_id, **row}
-        self.output.mkdir(parents=True, exist_ok=True)
-        with open(self.journal_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({**self.history[key], **journal}) + "\n")
+        self._journal({**self.history[key], **journal})
         return True
 
     def _branch(self, trial_id: str, start: int) -> None:
@@ -195,9 +193,13 @@ class ResultsTable:
         """A new trial's row with the values it starts with (PBT may change them later), also appended to the
         journal: a resumed driver sees the trial's config as PBT left it, so only this row knows them."""
         self.set_trial(trial_id, row)
+        self._journal({"trial_id": trial_id, "start": dict(row)})
+
+    def _journal(self, line: Mapping[str, Any]) -> None:
+        """Append one line to the journal (timestamps as ISO 8601 text)."""
         self.output.mkdir(parents=True, exist_ok=True)
         with open(self.journal_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"trial_id": trial_id, "start": dict(row)}, default=_iso) + "\n")
+            f.write(json.dumps(line, default=_iso) + "\n")
 
     def set_trial(self, trial_id: str, row: Mapping[str, Any]) -> None:
         self.trials[trial_id] = {**self.trials.get(trial_id, {}), "trial_id": trial_id, **row}
