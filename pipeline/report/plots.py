@@ -48,7 +48,7 @@ UNITS = {  # x-axis labels of the per-hyperparameter plots
     "dtype": "floating-point type",
     "device": "array backend",
 }
-_BAD = ("diverged", "failed")  # closed without a result: drawn as x at the top
+_BAD = tuple(s for s in vocab.CLOSED if s not in vocab.RANKED)  # closed without a result: drawn as x at the top
 
 
 # ------------------------------------------------------------------------------------------- canvas
