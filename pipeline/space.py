@@ -16,6 +16,8 @@ from typing import Any, Literal, get_args
 
 from rnncore.config import show  # a value as an error message quotes it, cut short
 
+from .vocab import finite
+
 __all__ = ["SEARCH_KINDS", "Domain", "DomainError", "SearchKind"]
 
 SearchKind = Literal[
@@ -82,10 +84,6 @@ class DomainError(ValueError):
         return (type(self), (self.key, self.problems))
 
 
-def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def _multiple_of(x: float, q: float) -> bool:
     return math.isclose(x / q, round(x / q))  # Ray Tune's own test for quantized float bounds
 
@@ -109,7 +107,7 @@ def _problems(kind: str, args: tuple) -> list[str]:
     named = dict(zip((*required, *optional), args))
     problems = []
     for arg, x in named.items():
-        if not _is_number(x):
+        if not finite(x):
             problems.append(f"{arg} must be a number, but got {show(x)}; {number_hint(x) or 'write a finite number'}")
         elif kind in INT_KINDS and not float(x).is_integer():
             problems.append(f"{arg} must be an integer for {kind}, but got {arg}={x!r}; use whole numbers, "
