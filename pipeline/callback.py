@@ -127,7 +127,8 @@ class SweepCallback(tune.Callback):
         event = self.lineage.observe(key, result)
         if event.stale:
             return
-        self.tracker.record_lineage(run, event)
+        if event.branch or event.exploit:  # (most reports change nothing in the lineage)
+            self.tracker.record_lineage(run, event)
         if event.exploit:
             print(f"{key}: PBT copied {event.exploit.source_trial_id} at iteration {event.exploit.iteration}; "
                   f"{event.exploit.changes or 'no change'}", flush=True)
