@@ -46,7 +46,7 @@ class SweepCallback(tune.Callback):
         # trial key -> its newest report this driver recorded, and where its checkpoint is: (Tune trial, pack member)
         self.last: dict[str, tuple[dict[str, Any], tuple[Any, int | None]]] = {}
         # trials ended so far: the step of the parent run's best-so-far series
-        self.ended = sum(1 for r in table.trials.values() if r.get("status") in CLOSED)
+        self.ended = self._ended()
         self.t0 = time.monotonic()
         self.last_print = 0.0
 
@@ -276,11 +276,15 @@ class SweepCallback(tune.Callback):
 
     def _log_best(self) -> None:
         """A point of the parent's best-so-far series for each trial that ended since the last one."""
-        ended = sum(1 for r in self.table.trials.values() if r.get("status") in CLOSED)
+        ended = self._ended()
         top = self.best()
         if top is not None and ended > self.ended:
             self.tracker.log_best(top, step=ended)
         self.ended = max(self.ended, ended)
+
+    def _ended(self) -> int:
+        """How many trials have ended (a closed status in the trials table)."""
+        return sum(1 for r in self.table.trials.values() if r.get("status") in CLOSED)
 
     def budget_ran_out(self) -> bool:
         """Whether Tune's time budget has run out by now."""
