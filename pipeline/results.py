@@ -209,7 +209,7 @@ class ResultsTable:
         return [e for e in self.exploits if e["trial_id"] == trial_id]
 
     def history_of(self, trial_id: str) -> list[dict[str, Any]]:
-        return [r for (t, _), r in sorted(self.history.items()) if t == trial_id]
+        return [self.history[k] for k in sorted(k for k in self.history if k[0] == trial_id)]
 
     def write(self) -> None:
         self.output.mkdir(parents=True, exist_ok=True)
