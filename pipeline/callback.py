@@ -105,8 +105,7 @@ class SweepCallback(tune.Callback):
         if self._is_pack(trial):
             for m in result["members"]:
                 member = self._member(m["trial_index"])
-                member.last_result = {**m, "node": result.get("node"), "node_ip": result.get("node_ip"),
-                                      "target_iterations": result["target_iterations"]}
+                member.last_result = _member_result(m, result)
                 self._record(member, member.last_result, (trial, member.index))
         else:
             self._record(trial, result, (trial, None))
@@ -192,11 +191,9 @@ class SweepCallback(tune.Callback):
         record of it (its last result, checkpoint and error); else it would count as unfinished for ever."""
         members = [trial]
         if self._is_pack(trial):
-            for m in (trial.last_result or {}).get("members", []):  # as on_trial_result does
+            for m in (trial.last_result or {}).get("members", []):
                 member = self._member(m["trial_index"])
-                member.last_result = member.last_result or {
-                    **m, "node": trial.last_result.get("node"), "node_ip": trial.last_result.get("node_ip"),
-                    "target_iterations": trial.last_result["target_iterations"]}
+                member.last_result = member.last_result or _member_result(m, trial.last_result)
             members = self._pack_members(trial)
         before = {t.trial_id: dict(self.table.trials.get(self._key(t)[0], {})) for t in members}
         if not any(t.trial_id not in self.runs and (before[t.trial_id].get("status") not in CLOSED
@@ -379,6 +376,12 @@ class _Member:
         self.index, self.config = index, config
         self.trial_id = f"member_{index:05d}"  # trial_index() reads the suffix, as for Tune's ids
         self.last_result: dict[str, Any] | None = None
+
+
+def _member_result(member: dict[str, Any], pack: dict[str, Any]) -> dict[str, Any]:
+    """A packed member's report as a single trial's: its own values, and the pack's node and target."""
+    return {**member, "node": pack.get("node"), "node_ip": pack.get("node_ip"),
+            "target_iterations": pack["target_iterations"]}
 
 
 def _run_id(run: str | None) -> dict[str, str]:
