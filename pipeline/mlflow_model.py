@@ -13,6 +13,7 @@ what ``python -m pipeline.sample`` does: the same prompt and params give the sam
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import mlflow
@@ -35,8 +36,8 @@ class CharRNN(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[str]:
         p = {**PARAMS, **(params or {})}
         length, temperature, seed = int(p["length"]), float(p["temperature"]), int(p["seed"])
-        if length <= 0 or temperature <= 0 or seed < 0:
-            raise ValueError(f"params must have length > 0, temperature > 0 and seed >= 0, but got "
+        if length <= 0 or not math.isfinite(temperature) or temperature <= 0 or seed < 0:
+            raise ValueError(f"params must have length > 0, a finite temperature > 0 and seed >= 0, but got "
                              f"length={length}, temperature={temperature}, seed={seed}")
         return [generate_from(self.P, self.vocab, length, temperature, prompt, seed, h=self.h)
                 for prompt in prompts(model_input)]

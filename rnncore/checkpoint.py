@@ -138,10 +138,16 @@ def load_weights(path: str | os.PathLike) -> tuple[Params, Vocab]:
 
 
 def load_sampler(path: str | os.PathLike) -> tuple[Params, Vocab, np.ndarray | None]:
-    """What sampling needs: the weights, the vocabulary and the carried state h (B, S*H) that an unprimed sample
-    starts from (rnncore.trainer.unprimed_start); h is None when the file has none that fits the model."""
+    """What sampling needs: the weights (finite, else a CheckpointError), the vocabulary and the carried state
+    h (B, S*H) that an unprimed sample starts from (rnncore.trainer.unprimed_start); h is None when the file has
+    none that fits the model."""
     z = _open(path)
     P, vocab = _weights(path, z)
+    diverged = [name for name in P.names if not np.isfinite(getattr(P, name)).all()]
+    if diverged:  # every softmax would be NaN, and each draw the last character: "zzzz..."
+        raise CheckpointError(f"{os.fspath(path)}: the weights {', '.join(diverged)} hold NaN or infinite values: the "
+                              "run diverged (its loss became non-finite), so it cannot sample; train again with a "
+                              "lower learning_rate or clip, or sample from a checkpoint saved before it diverged")
     h = z.get("h")
     fits = h is not None and h.ndim == 2 and len(h) >= 1 and h.shape[1] == state_size(P) and h.dtype.kind == "f"
     return P, vocab, h if fits else None

@@ -20,11 +20,6 @@ def generate(path: str, length: int = 500, temperature: float = 1.0, prime: str 
     """prime + `length` sampled characters from the checkpoint at `path`; deterministic for a given seed. Without a
     prime it starts where the checkpoint's training-time samples start: stream 0's carried state, a newline."""
     P, vocab, h = load_sampler(path)
-    diverged = [name for name in P.names if not np.isfinite(getattr(P, name)).all()]
-    if diverged:  # every softmax would be NaN, and each draw the last character: "zzzz..."
-        raise CheckpointError(f"{path}: the weights {', '.join(diverged)} hold NaN or infinite values: the run "
-                              "diverged (its loss became non-finite), so it cannot sample; train again with a lower "
-                              "learning_rate or clip, or sample from a checkpoint saved before it diverged")
     return generate_from(P, vocab, length, temperature, prime, seed, h=h)
 
 

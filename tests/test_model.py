@@ -143,7 +143,7 @@ def test_predict_checks_its_params_and_takes_prompts_in_any_form(logged):
 
     model = CharRNN()
     model.P, model.vocab, model.h = load_sampler(logged["checkpoint"])
-    for bad in ({"length": 0}, {"temperature": 0.0}, {"seed": -1}):
+    for bad in ({"length": 0}, {"temperature": 0.0}, {"temperature": float("nan")}, {"seed": -1}):
         with pytest.raises(ValueError, match="params must have length > 0"):
             model.predict(None, ["Ci"], bad)
     want = ["a", "b"]
