@@ -439,8 +439,8 @@ class Tracker:
     def log_best(self, best: Mapping[str, Any], *, step: int) -> None:
         """The best trial so far on the parent: ``best_val_loss`` and ``best_val_bpc`` at ``step`` (how many trials
         have ended), and the tags `best_trial` and `best_run_id`."""
-        self.log_metrics(self.parent_id, {f"best_{k}": best[k] for k in BEST_METRICS
-                                          if isinstance(best.get(k), (int, float))}, step)
+        # (log_metrics leaves out what is not a finite number)
+        self.log_metrics(self.parent_id, {f"best_{k}": best.get(k) for k in BEST_METRICS}, step)
         self._tag_best(best)
 
     def _tag_best(self, best: Mapping[str, Any]) -> None:
