@@ -291,32 +291,38 @@ class SweepCallback(tune.Callback):
         """After fit(): close the runs still open and write the tables. When the time budget ran out, the budget
         stopped them (status stopped, their run FINISHED); otherwise the sweep was interrupted (their run KILLED;
         their rows hold the newest report and --resume continues them)."""
-        budget = self.budget_ran_out()
+        end = self._stop_by_budget if self.budget_ran_out() else self._interrupt
         runs = {trial_key(self.index[tid]): run for tid, run in self.runs.items()}
         for key, row in self.table.trials.items():  # rows a killed driver left running, not seen again
             if row.get("status") == "running" and key not in runs and row.get("mlflow_run_id"):
                 runs[key] = row["mlflow_run_id"]
         for key, run in runs.items():
             row = self.table.trials.get(key, {})
-            if row.get("status") != "running":
-                continue
-            hist = self.table.history_of(key)
-            newest = hist[-1] if hist else {}
-            if budget:
-                result, source = self.last.get(key, ({}, None))
-                last = {"target_iterations": row.get("target_iterations"), **newest, **result}
-                done, target = int(last.get("iteration", 0)), int(last.get("target_iterations") or 0)
-                status = "finished" if target and done >= target else "stopped"  # (never trained: stopped at 0)
-                tags = {"stop_reason": f"time budget at iteration {done} of {target}"} if status == "stopped" else {}
-                if source is not None:  # its newest checkpoint, as a trial that ends otherwise has
-                    self._log_checkpoint(source[0].checkpoint, run, source[1])
-                self._close(key, run, status, tags, last, error="")
-                continue
-            self.tracker.end_run(run, "interrupted")
-            self.table.set_trial(key, {"status": "interrupted", "iterations": int(newest.get("iteration", 0)),
-                                       **{k: newest.get(k) for k in ("train_loss", "val_loss", "val_bpc")},
-                                       "min_val_loss": _min_val_loss(hist)})
+            if row.get("status") == "running":
+                end(key, run, row)
         self.table.write()
+
+    def _stop_by_budget(self, key: str, run: str | None, row: dict[str, Any]) -> None:
+        """A trial the time budget ended: finished when it trained all its iterations, else stopped (never trained:
+        stopped at 0); its newest checkpoint is logged, as a trial that ends otherwise has."""
+        hist = self.table.history_of(key)
+        result, source = self.last.get(key, ({}, None))
+        last = {"target_iterations": row.get("target_iterations"), **(hist[-1] if hist else {}), **result}
+        done, target = int(last.get("iteration", 0)), int(last.get("target_iterations") or 0)
+        status = "finished" if target and done >= target else "stopped"
+        tags = {"stop_reason": f"time budget at iteration {done} of {target}"} if status == "stopped" else {}
+        if source is not None:
+            self._log_checkpoint(source[0].checkpoint, run, source[1])
+        self._close(key, run, status, tags, last, error="")
+
+    def _interrupt(self, key: str, run: str | None, row: dict[str, Any]) -> None:
+        """A trial the sweep's interruption ended: its run KILLED, its row holding the newest report."""
+        hist = self.table.history_of(key)
+        newest = hist[-1] if hist else {}
+        self.tracker.end_run(run, "interrupted")
+        self.table.set_trial(key, {"status": "interrupted", "iterations": int(newest.get("iteration", 0)),
+                                   **{k: newest.get(k) for k in ("train_loss", "val_loss", "val_bpc")},
+                                   "min_val_loss": _min_val_loss(hist)})
 
     def best(self) -> dict[str, Any] | None:
         return best(self.table.trials.values(), metric=self.cfg.metric, mode=self.cfg.mode)
