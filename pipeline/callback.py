@@ -3,7 +3,11 @@
 The tracking store going away (a server stopped, a network cut) stops the sweep as Ctrl-C does: the first tracking
 call that fails is remembered, the process sends itself SIGINT (Tune then stops the trials and saves its state), and
 from then on the callback records to the tables only. `--resume` later logs to MLflow what it lacks (reports, the
-end of trials that ended meanwhile)."""
+end of trials that ended meanwhile).
+
+A full disk (pipeline.diskfull) stops it the same way: a trial reports that its checkpoint could not be written, or
+a table or the journal cannot be written here. The rows stay in memory; what did not reach the disk is written by
+`--resume`, from the journal, MLflow and each trial's newest complete checkpoint."""
 from __future__ import annotations
 
 import os
@@ -18,11 +22,16 @@ from ray import tune
 
 from . import raycompat
 from .config import SweepConfig
+from .diskfull import describe, disk_full
 from .lineage import Lineage
 from .results import utc_now
 from .vocab import CLOSED, best, finite, run_name, trial_key
 
 REPORT_METRICS = ("train_loss", "val_loss", "val_bpc", "chars_per_sec", "lr")  # a report's metrics in MLflow
+
+
+class _Placeholder(tune.Callback):
+    """What Tune's saved state holds where the driver's SweepCallback was (see SweepCallback.__reduce__)."""
 
 
 class SweepCallback(tune.Callback):
@@ -32,8 +41,11 @@ class SweepCallback(tune.Callback):
     still running after fit() then were stopped by the budget, not interrupted."""
 
     def __init__(self, *, cfg: SweepConfig, tracker, table, budget_deadline: float | None = None):
-        self.cfg, self.table = cfg, table
+        self.cfg = cfg
         self.tracker = _Guarded(tracker, on_failure=self._tracking_failed)
+        self.table = _Saving(table, on_full=self._stop_for_full_disk)
+        self.disk_error: str | None = None  # what a full disk kept from being written, if it did (see diskfull)
+        self._stopping = False  # this callback sent the SIGINT that stops the sweep
         self.fitting = False  # between Tune's setup and the end of its run: while Tune handles SIGINT
         self.budget_deadline = budget_deadline
         self.base = cfg.base_values()  # the fixed options every trial starts from
@@ -49,6 +61,12 @@ class SweepCallback(tune.Callback):
         self.ended = self._ended()
         self.t0 = time.monotonic()
         self.last_print = 0.0
+
+    def __reduce__(self):
+        # Tune pickles its RunConfig, callbacks included, into tune/tuner.pkl. This callback is the driver's live
+        # state (open MLflow runs, the tables, the sweep's corpus: megabytes), and --resume gives the restored
+        # Tuner a new one (raycompat.restore_tuner): what is saved is a placeholder that does nothing.
+        return (_Placeholder, ())
 
     # identity ------------------------------------------------------------------------------------
     def _key(self, trial) -> tuple[str, int]:
@@ -102,6 +120,9 @@ class SweepCallback(tune.Callback):
             self._run(trial)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get("disk_full"):  # its checkpoint was not written: the report is sent again on --resume
+            self._stop_for_full_disk(result["disk_full"])
+            return
         if self._is_pack(trial):
             for m in result["members"]:
                 member = self._member(m["trial_index"])
@@ -220,7 +241,25 @@ class SweepCallback(tune.Callback):
         return self.tracker.error
 
     def _tracking_failed(self, error: BaseException) -> None:
-        if self.fitting:  # Tune's handler: stop the trials, save Tune's state, return from fit()
+        self._stop_sweep()
+
+    def full_disk(self, error: BaseException) -> bool:
+        """Tune failed to save its state: on a full disk, stop the sweep (True); other errors are Tune's to log."""
+        full = disk_full(error)
+        if full is not None:
+            self._stop_for_full_disk(describe(full, where=str(self.table.output)))
+        return full is not None
+
+    def _stop_for_full_disk(self, what: str) -> None:
+        if self.disk_error is None:
+            self.disk_error = what
+        self._stop_sweep()
+
+    def _stop_sweep(self) -> None:
+        """As Ctrl-C does, once: Tune's handler stops the trials, saves Tune's state and returns from fit() (a
+        second SIGINT would make Tune quit at once)."""
+        if self.fitting and not self._stopping:
+            self._stopping = True
             os.kill(os.getpid(), signal.SIGINT)
 
     # packed trials -------------------------------------------------------------------------------
@@ -370,6 +409,36 @@ class _Guarded:
                     raise
                 self.error = e
                 self._on_failure(e)
+                return None
+
+        return call
+
+
+class _Saving:
+    """The tables as the callback uses them: a call that writes (``write``, ``add_report``, ``start_trial``) and
+    finds the disk full (pipeline.diskfull) reports it to ``on_full`` and returns None instead of raising; the rows
+    it changed stay in memory, to be written by a later call or by --resume."""
+
+    WRITES = frozenset({"write", "add_report", "start_trial"})
+
+    def __init__(self, table, *, on_full: Callable[[str], None]):
+        self._table, self._on_full = table, on_full
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):  # (pickle looks for __setstate__ before _table is set)
+            raise AttributeError(name)
+        attr = getattr(self._table, name)
+        if name not in self.WRITES:
+            return attr
+
+        def call(*args, **kwargs):
+            try:
+                return attr(*args, **kwargs)
+            except OSError as e:
+                full = disk_full(e)
+                if full is None:
+                    raise
+                self._on_full(describe(full, where=str(self._table.output)))
                 return None
 
         return call

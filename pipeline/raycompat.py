@@ -10,6 +10,8 @@ pyproject.toml pins); ``problems()`` says which of them the installed Ray lacks,
 | ``PopulationBasedTraining._trial_state``, ``._perturbation_interval`` | private | Tune saves no scheduler state: a trial resumed by ``--resume`` keeps its place in PBT's schedule (``keep_pbt_schedule``) |
 | ``tune.get_context().get_storage()`` (``storage_filesystem``, ``experiment_fs_path``, ``trial_fs_path``) | developer API | a restarted trial finds its newest complete checkpoint, also in folders Tune's saved state no longer knows (``trial_folders``); a trial writes each checkpoint in its own folder of the output, not in the system's temp folder, where a killed worker would leave it (``trial_folder``) |
 | ``Trial.storage.trial_dir_name``, ``Trial.error_file`` | developer API (``Trial``) | a trial's position when its id is random (Optuna); a failed trial's error text |
+| ``tuner_internal._TUNER_PKL``, the ``CKPT_FILE_TMPL`` of ``TuneController``, ``BasicVariantGenerator``, ``SearchGenerator``, ``Searcher``, ``CallbackList`` | private | the files of Tune's saved state, which Tune writes in place: one cut short by a full disk is rewritten or set aside before ``--resume`` restores (``repair_saved_state``, ``can_restore``) |
+| the logger ``ray.tune.execution.experiment_state`` | internal | Tune logs a failure to save its state and goes on; on a full disk the sweep stops instead (``on_state_save_error``) |
 
 Imports Ray only inside its functions, so the driver can set ``PROCESS_ENV`` before Ray loads.
 """
@@ -17,15 +19,17 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 import os
 import posixpath
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 __all__ = [
     "CHECKED_VERSION", "LOCAL_SYSTEM_CONFIG", "LOOPBACK_ENV", "PROCESS_ENV", "error_text", "keep_pbt_schedule",
-    "lean_local_node", "problems", "restore_tuner", "set_process_env", "silent_reporter", "trial_dir_name",
+    "can_restore", "lean_local_node", "on_state_save_error", "problems", "repair_saved_state", "restore_tuner", "set_process_env", "silent_reporter",
+    "trial_dir_name",
     "trial_folder", "trial_folders",
 ]
 
@@ -103,6 +107,99 @@ def restore_tuner(tune_dir: str, *, trainable: Any, param_space: dict[str, Any],
                            f"does not support (checked with {CHECKED_VERSION}); pin that version in pyproject.toml")
     local._run_config = run_config
     return tuner
+
+
+def _state_files() -> dict[str, str]:
+    """Tune's saved-state file names (a pattern with {} for the driver's session) -> how each is read."""
+    from ray.tune.callback import CallbackList
+    from ray.tune.execution.tune_controller import TuneController
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+    from ray.tune.search.search_generator import SearchGenerator
+    from ray.tune.search.searcher import Searcher
+
+    return {TuneController.CKPT_FILE_TMPL: "json", BasicVariantGenerator.CKPT_FILE_TMPL: "pickle",
+            SearchGenerator.CKPT_FILE_TMPL: "pickle", Searcher.CKPT_FILE_TMPL: "pickle",
+            CallbackList.CKPT_FILE_TMPL: "pickle"}
+
+
+def repair_saved_state(tune_dir: str, *, fresh: Callable[[], Any]) -> list[str]:
+    """Make Tune's saved state in the local folder ``tune_dir`` readable again after a full disk cut a file of it
+    short (Tune writes them in place); returns a note per file mended.
+
+    - ``tuner.pkl`` (what the Tuner was made with) that does not unpickle is written anew by ``fresh()``, which
+      makes a new Tuner with this sweep's trainable and configs: its constructor writes that file, and only that.
+    - Each driver saves its trials, its search algorithm's and its callbacks' state in files named after its
+      session. When one of them does not read back, all of that session's are renamed ``*.unreadable``: Tune
+      then restores an earlier driver's state (or none: ``can_restore``), and each trial goes on from its newest
+      complete checkpoint (``trial_folders``)."""
+    import fnmatch
+    import json
+    import pickle
+
+    import ray.cloudpickle as cloudpickle
+    from ray.tune.impl.tuner_internal import _TUNER_PKL
+
+    notes = []
+    path = os.path.join(tune_dir, _TUNER_PKL)
+    if os.path.exists(path) and not _reads(path, pickle.load, "rb"):
+        fresh()
+        notes.append(f"{path} was cut short (a full disk?); written again")
+    names = os.listdir(tune_dir)
+    sessions: dict[str, list[str]] = {}  # session -> its state files
+    broken: set[str] = set()
+    for pattern, kind in _state_files().items():
+        head, tail = pattern.split("{}")
+        for name in fnmatch.filter(names, pattern.format("*")):
+            session = name[len(head):len(name) - len(tail)]
+            sessions.setdefault(session, []).append(name)
+            read = json.load if kind == "json" else cloudpickle.load
+            if not _reads(os.path.join(tune_dir, name), read, "r" if kind == "json" else "rb"):
+                broken.add(session)
+    for session in sorted(broken):
+        for name in sessions[session]:
+            os.replace(os.path.join(tune_dir, name), os.path.join(tune_dir, name + ".unreadable"))
+        notes.append(f"Tune's state saved at {session} in {tune_dir} was cut short (a full disk?); set aside as "
+                     f"*-{session}.*.unreadable, so each trial goes on from its newest complete checkpoint")
+    return notes
+
+
+def _reads(path: str, read: Callable[[Any], Any], mode: str) -> bool:
+    try:
+        with open(path, mode) as f:
+            read(f)
+        return True
+    except Exception:  # noqa: BLE001 - a file cut short raises one of several
+        return False
+
+
+def can_restore(tune_dir: str) -> bool:
+    """Whether ``tune_dir`` holds a Tune run to restore: the Tuner's file and a saved experiment state (a driver
+    stopped before Tune saved one, or whose state was set aside, restarts its trials from their checkpoints)."""
+    import fnmatch
+
+    from ray import tune
+    from ray.tune.execution.tune_controller import TuneController
+
+    return tune.Tuner.can_restore(tune_dir) and bool(
+        fnmatch.filter(os.listdir(tune_dir), TuneController.CKPT_FILE_TMPL.format("*")))
+
+
+STATE_SAVING_LOGGER = "ray.tune.execution.experiment_state"  # logs (and swallows) a failure to save Tune's state
+
+
+def on_state_save_error(handler: Callable[[BaseException], bool]) -> None:
+    """Call ``handler(error)`` when Tune fails to save its state (its syncer logs the error and goes on); a record
+    the handler returns True for is not logged."""
+
+    class _Hook(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            error = record.exc_info[1] if record.exc_info else None
+            return error is None or not handler(error)
+
+    logger = logging.getLogger(STATE_SAVING_LOGGER)
+    for f in [f for f in logger.filters if type(f).__name__ == "_Hook"]:
+        logger.removeFilter(f)
+    logger.addFilter(_Hook())
 
 
 def keep_pbt_schedule(pbt: Any, trial: Any, done: int) -> None:
@@ -218,4 +315,19 @@ def problems() -> list[str]:
               if a not in inspect.getsource(StorageContext)]
     found += [f"Trial has no {a}" for a in ("storage", "error_file") if not hasattr(Trial, a)
               and a not in inspect.getsource(Trial.__init__)]
+    from ray.tune.impl import tuner_internal
+
+    if getattr(tuner_internal, "_TUNER_PKL", None) != "tuner.pkl":
+        found.append("Tune's saved Tuner is no longer tuner_internal._TUNER_PKL = 'tuner.pkl'")
+    try:
+        patterns = _state_files()
+    except (ImportError, AttributeError) as e:
+        found.append(f"Tune's saved-state file names moved ({e})")
+    else:
+        found += [f"Tune's state file {p} has no {{}} for the session" for p in patterns if p.count("{}") != 1]
+    from ray.tune.execution import experiment_state
+
+    if experiment_state.logger.name != STATE_SAVING_LOGGER or "failed with exception" not in inspect.getsource(
+            experiment_state):
+        found.append(f"Tune no longer logs a failure to save its state to {STATE_SAVING_LOGGER}")
     return found

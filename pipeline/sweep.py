@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 from . import folder, raycompat
 from .config import ConfigError, SweepConfig, load_sweep
+from .diskfull import describe, disk_full, message
 from .tracking import TrackingError  # (tracking imports MLflow only when it uses it)
 from .vocab import CLOSED, finite, ranked
 
@@ -37,6 +38,11 @@ FINISH_RESERVE_S = 20.0
 
 class SweepError(Exception):
     """Bad input found after parsing (cluster resources, an existing output); exit code 2."""
+
+
+class DiskFullError(Exception):
+    """The disk filled up where the sweep writes (pipeline.diskfull); the sweep was stopped as on Ctrl-C, exit
+    code 130. The message says what could not be written."""
 
 
 def sweep_id(cfg: SweepConfig) -> str:
@@ -99,6 +105,14 @@ def _run_locked(cfg: SweepConfig, tune_dir: str, uri: str, *, address: str | Non
                 sweep.callback.finish()
                 sweep.callback.tracker.finish_sweep(status="KILLED", best=None, files=[])
             raise
+        except Exception as e:  # a full disk outside the callback's writes (starting, Tune's own state)
+            full = disk_full(e)
+            if full is None:
+                raise
+            if sweep is not None:
+                sweep.callback.finish()  # (the tables as far as they can be written)
+                sweep.callback.tracker.finish_sweep(status="KILLED", best=None, files=[])
+            raise DiskFullError(describe(full, where=str(cfg.output.resolve()))) from None
         finally:
             ray.shutdown()
 
@@ -167,13 +181,22 @@ def _build_tuner(sweep: _Sweep, tune_dir: str, *, resume: bool):
         failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoints_to_keep(cfg)))
     space = _param_space(cfg, sweep.packs)
-    if resume and tune.Tuner.can_restore(tune_dir):
+
+    def fresh():
+        return tune.Tuner(trainable, param_space=space, tune_config=_tune_config(cfg, sweep.packs),
+                          run_config=run_config)
+
+    raycompat.on_state_save_error(sweep.callback.full_disk)
+    if resume and not cfg.storage and tune.Tuner.can_restore(tune_dir):  # (a full disk may have cut it short)
+        for note in raycompat.repair_saved_state(tune_dir, fresh=fresh):
+            print(f"note: {note}", file=sys.stderr, flush=True)
+    if resume and raycompat.can_restore(tune_dir):
         try:
             return raycompat.restore_tuner(tune_dir, trainable=trainable, param_space=space, run_config=run_config)
         except raycompat.RestoreError as e:
             raise SweepError(str(e)) from None
-    # a fresh sweep, or one killed before Tune saved any state: start it (again)
-    return tune.Tuner(trainable, param_space=space, tune_config=_tune_config(cfg, sweep.packs), run_config=run_config)
+    # a fresh sweep, or one stopped before Tune saved any state: start it (again)
+    return fresh()
 
 
 def _fit(tuner) -> None:
@@ -195,7 +218,7 @@ def _finish(sweep: _Sweep) -> int:
 
     cfg, table = sweep.cfg, sweep.table
     closed = sum(1 for r in table.trials.values() if r.get("status") in CLOSED)
-    interrupted = closed < cfg.num_trials and not sweep.callback.budget_ran_out()
+    interrupted = closed < cfg.num_trials and (not sweep.callback.budget_ran_out() or sweep.callback.disk_error)
     sweep.callback.finish()  # (after a tracking failure: the tables only, as every call below)
     best = sweep.callback.best()
     tracking = sweep.callback.tracker  # a failing call stops nothing here, and leaves the error on the callback
@@ -203,6 +226,10 @@ def _finish(sweep: _Sweep) -> int:
                           files=[str(table.trials_path), str(table.history_path)])
     _print_summary(cfg, table, best, ui_command(sweep.tracking_uri), sweep.parent_run)
     lost = sweep.callback.tracking_error
+    full = sweep.callback.disk_error or (describe(lost) if disk_full(lost) else None)
+    if full is not None:
+        print("\n" + message(full, resume_command=again(cfg)), file=sys.stderr)
+        return 130
     if lost is not None:  # the callback stopped the sweep as Ctrl-C does; MLflow's side is closed by --resume
         print(f"\nerror: lost the MLflow tracking store at {sweep.tracking_uri} ({failure_text(lost)}); the trials were "
               f"stopped and kept as on Ctrl-C; once it answers again, finish with  "
@@ -399,6 +426,15 @@ def _stop_like_ctrl_c() -> None:
             signal.signal(sig, as_sigint)
 
 
+def _started(cfg: SweepConfig) -> bool:
+    return (cfg.output / "trials.parquet").exists() or (cfg.output / "tune").exists()
+
+
+def again(cfg: SweepConfig) -> str:
+    """The command that finishes a stopped sweep: with --resume once it started (Tune's state or a table exists)."""
+    return f"python -m pipeline.sweep {cfg.source_path}" + (" --resume" if _started(cfg) else "")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     _stop_like_ctrl_c()
@@ -414,9 +450,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run_sweep(cfg, address=address, resume=args.resume)
     except KeyboardInterrupt:  # Ctrl-C outside Tune's run (starting up, writing the summary)
-        started = (cfg.output / "trials.parquet").exists() or (cfg.output / "tune").exists()
-        print(f"\ninterrupted: finish with  python -m pipeline.sweep {cfg.source_path} --resume" if started
+        print(f"\ninterrupted: finish with  {again(cfg)}" if _started(cfg)
               else "\ninterrupted before any trial started; run the same command again", file=sys.stderr)
+        return 130
+    except DiskFullError as e:
+        print("\n" + message(str(e), resume_command=again(cfg)), file=sys.stderr)
+        return 130
+    except OSError as e:  # a full disk before Ray started (the lock, the folder's checks)
+        if disk_full(e) is None:
+            raise
+        print("\n" + message(describe(e, where=str(cfg.output.resolve())), resume_command=again(cfg)),
+              file=sys.stderr)
         return 130
     except (SweepError, ConfigError, folder.FolderError, TrackingError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import re
@@ -61,6 +62,9 @@ MLFLOW_ENV = {
 def _quiet_mlflow() -> None:
     for key, value in MLFLOW_ENV.items():
         os.environ.setdefault(key, value)
+    # a database store that fails a call (full disk, locked, broken) logs the SQL error with its traceback before
+    # raising it; the caller reports the failure itself, in one line (pipeline.callback, pipeline.sweep)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 class TrackingError(RuntimeError):

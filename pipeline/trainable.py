@@ -15,6 +15,7 @@ sweep's output, not in the system's temp folder, and the trial's next start remo
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -23,7 +24,9 @@ import posixpath
 import re
 import shutil
 import tempfile
+import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +38,7 @@ from rnncore import checkpoint as ckpt
 from rnncore.optim import learning_rate_at
 
 from . import raycompat
+from .diskfull import describe, disk_full
 from .lineage import clone_fields, run_fields
 from .vocab import trial_key
 
@@ -107,11 +111,27 @@ def train_trial(config: dict[str, Any], *, corpus: Corpus, base: dict[str, Any],
             **(exploit or {}),  # the first report after PBT cloned another trial into this one says so
         }
         exploit = None
-        with tempfile.TemporaryDirectory(dir=scratch) as d:
+        with _unless_disk_full(metrics, scratch), tempfile.TemporaryDirectory(dir=scratch) as d:
             ckpt.save(os.path.join(d, CHECKPOINT_FILE), cfg, corpus.vocab, start.trainer.state)
             with open(os.path.join(d, REPORT_FILE), "w", encoding="utf-8") as f:
                 json.dump(metrics, f)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+@contextlib.contextmanager
+def _unless_disk_full(metrics: dict[str, Any], scratch: str) -> Iterator[None]:
+    """Writing a checkpoint (and Tune copying it into place) on a full disk: instead of failing, which Tune would
+    retry to no avail, the trial reports `disk_full` without a checkpoint and waits. The driver then stops the
+    sweep as on Ctrl-C (see pipeline.diskfull); --resume continues from the newest complete checkpoint."""
+    try:
+        yield
+    except OSError as e:
+        full = disk_full(e)
+        if full is None:
+            raise
+        tune.report({**metrics, "disk_full": describe(full, where=scratch)})
+        while True:  # until the driver stops this trial (and its worker)
+            time.sleep(1.0)
 
 
 @dataclass
@@ -304,7 +324,7 @@ def train_pack(config: dict[str, Any], *, corpus: Corpus, base: dict[str, Any], 
                    "val_bpc": min(vals, default=math.inf) / math.log(2),
                    "train_loss": min((m["train_loss"] for m in out), default=math.inf),
                    "members": out, **where, "target_iterations": c0.iterations}
-        with tempfile.TemporaryDirectory(dir=scratch) as d:
+        with _unless_disk_full(metrics, scratch), tempfile.TemporaryDirectory(dir=scratch) as d:
             for k, i in enumerate(members):
                 ckpt.save(os.path.join(d, member_file(i)), cfgs[k], corpus.vocab, states[k])
             with open(os.path.join(d, PACK_FILE), "w") as f:

@@ -7,6 +7,8 @@ fault itself.
   sweep; finished and diverged trials are not trained again, the interrupted one continues from its newest
   checkpoint, pending ones start; one parent and one child run per trial, none left RUNNING; the tables equal
   those of an uninterrupted sweep.
+- The disk filling up mid-sweep (a real tmpfs, filled to the last byte): the sweep stops as on Ctrl-C with one
+  line, and once space is freed `--resume` finishes it with the same results; started on a full disk, likewise.
 - The Parquet writer killed at random moments: the file always reads back whole, as one version written.
 - Hostile input through the CLIs: exit 2, one message, nothing started or written, nothing evaluated as code.
 - Load: 200 short trials, the driver's memory flat.
@@ -19,6 +21,7 @@ how a test finds the worker to kill and checks where each trial (re)started.
 from __future__ import annotations
 
 import copy
+import errno
 import glob
 import json
 import os
@@ -205,6 +208,7 @@ class Scenario:
     spare_tmp: Path  # an empty RAY_TMPDIR for a run that must not start Ray
     env: dict[str, str]
     sweep_file: Path
+    pids: Path  # where the trainable notes its starts (RNNSWEEP_TEST_PIDFILE_DIR)
     runs: dict[str, Driver] = field(default_factory=dict)
     facts: dict[str, Any] = field(default_factory=dict)
     stopped: threading.Event = field(default_factory=threading.Event)  # set at teardown: start nothing more
@@ -215,7 +219,7 @@ class Scenario:
 
     @property
     def pid_dir(self) -> Path:
-        return self.cwd / "pids"
+        return self.pids
 
     def start(self, name: str, *args: str) -> Driver:
         if self.stopped.is_set():
@@ -277,12 +281,39 @@ class Scenario:
         kill_run_processes(self.ray_tmp, self.cwd)
 
 
-def new_scenario(folder: Path, short_tmp, cli_env) -> Scenario:
+def new_scenario(folder: Path, short_tmp, cli_env, pids: Path | None = None) -> Scenario:
     sweep_file = write_sweep(folder, FAULT, corpus())
-    (folder / "pids").mkdir()
+    pids = pids or folder / "pids"
+    pids.mkdir()
     ray_tmp = short_tmp()
-    env = cli_env(ray_tmp=ray_tmp, **{PIDFILE_ENV: str(folder / "pids")})
-    return Scenario(cwd=folder, ray_tmp=ray_tmp, spare_tmp=short_tmp(), env=env, sweep_file=sweep_file)
+    env = cli_env(ray_tmp=ray_tmp, **{PIDFILE_ENV: str(pids)})
+    return Scenario(cwd=folder, ray_tmp=ray_tmp, spare_tmp=short_tmp(), env=env, sweep_file=sweep_file, pids=pids)
+
+
+def mount_tmpfs(folder: Path, size: str) -> str | None:
+    """Mount a tmpfs of `size` on the empty `folder`: a disk that fills up for real. None if mounted, else why
+    not (mounting needs root)."""
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(folder)],
+                          capture_output=True, text=True)
+    return None if proc.returncode == 0 else f"cannot mount a tmpfs here: {proc.stderr.strip() or proc.returncode}"
+
+
+def unmount(folder: Path) -> None:
+    subprocess.run(["umount", "--lazy", str(folder)], capture_output=True)
+
+
+def fill_up(folder: Path) -> Path:
+    """Write zeros into `folder/filler` until the disk under it is full; returns the file (unlink it to free the
+    space)."""
+    filler = folder / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(bytes(1 << 16))
+                f.flush()
+        except OSError as e:
+            assert e.errno == errno.ENOSPC, e
+    return filler
 
 
 # ---------------------------------------------------------------------------------------------- scenarios
@@ -297,6 +328,21 @@ def clean(s: Scenario) -> Scenario:
                             env={**s.env, "RAY_TMPDIR": str(s.spare_tmp)}, capture_output=True, text=True, timeout=120)
     s.facts["second"] = (second, run.proc.pid, run.proc.poll(), list(s.spare_tmp.iterdir()))
     s.facts["rc"] = run.wait()
+    return s
+
+
+def disk_full(s: Scenario) -> Scenario | None:
+    """The sweep's folder -- sweep file, corpus, MLflow store, output -- on a tmpfs that fills up mid-sweep."""
+    run = s.start("run")
+    run.wait_until("t0002's second checkpoint", s.checkpoint_written("t0002", 1))
+    filler = fill_up(s.cwd)
+    t_full = time.monotonic()
+    s.facts["rc"] = run.wait(timeout=120)
+    s.facts["stop_s"] = time.monotonic() - t_full
+    s.facts["trials_before"] = s.trials() if (s.out / "trials.parquet").exists() else None
+    filler.unlink()
+    resumed = s.start("resume", "--resume")
+    s.facts["resume_rc"] = resumed.wait()
     return s
 
 
@@ -346,10 +392,24 @@ def driver_kill(s: Scenario, sig: signal.Signals) -> Scenario:
 def scenarios(tmp_path_factory, short_tmp, cli_env) -> Iterator[dict[str, Future]]:
     """Every Ray scenario of this module, started at once, two at a time, in background threads."""
     made: dict[str, Scenario] = {}
+    mounted: list[Path] = []
 
     def make(name: str) -> Scenario:
         made[name] = new_scenario(tmp_path_factory.mktemp(name), short_tmp, cli_env)
         return made[name]
+
+    def on_tmpfs(name: str) -> Scenario | str:
+        folder = tmp_path_factory.mktemp(name)
+        (folder / "disk").mkdir()
+        why_not = mount_tmpfs(folder / "disk", "64m")
+        if why_not:
+            return why_not
+        mounted.append(folder / "disk")
+        made[name] = new_scenario(folder / "disk", short_tmp, cli_env, pids=folder / "pids")
+        return made[name]
+
+    def run_on(scenario: Callable[[Scenario], Scenario], s: Scenario | str) -> Scenario | str:
+        return s if isinstance(s, str) else scenario(s)
 
     pool = ThreadPoolExecutor(max_workers=2)
     futures = {
@@ -358,6 +418,7 @@ def scenarios(tmp_path_factory, short_tmp, cli_env) -> Iterator[dict[str, Future
         "sigint": pool.submit(driver_kill, make("sigint"), signal.SIGINT),
         "sigterm": pool.submit(driver_kill, make("sigterm"), signal.SIGTERM),
         "sigkill": pool.submit(driver_kill, make("sigkill"), signal.SIGKILL),
+        "disk_full": pool.submit(run_on, disk_full, on_tmpfs("disk_full")),
     }
     try:
         yield futures
@@ -367,10 +428,15 @@ def scenarios(tmp_path_factory, short_tmp, cli_env) -> Iterator[dict[str, Future
         pool.shutdown(wait=True, cancel_futures=True)
         for s in made.values():
             s.cleanup()
+        for folder in mounted:
+            unmount(folder)
 
 
 def result(futures: dict[str, Future], name: str) -> Scenario:
-    return futures[name].result(timeout=900)
+    s = futures[name].result(timeout=900)
+    if isinstance(s, str):  # the scenario could not be set up here, and says why
+        pytest.skip(s)
+    return s
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -520,6 +586,69 @@ def test_a_second_driver_on_a_folder_in_use_is_refused_naming_the_first(scenario
     assert first_alive is None and ray_files == []
     assert s.facts["rc"] == 0, s.runs["clean"].describe()  # and its results are the reference of every scenario
     assert killed.facts["resume_rc"] == 0, killed.runs["resume"].describe()
+
+
+# ------------------------------------------------------------------------------------ 3. a full disk
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_up_mid_sweep_stops_it_like_ctrl_c_and_resume_finishes_it(scenarios) -> None:
+    """The tmpfs holding the sweep filled to the last byte mid-trial: one line naming the full disk and the way
+    on, exit 130 within seconds, no trial retried, the tables kept (it used to print 476 lines, retry the
+    trials for nothing and exit 1). With the space freed, --resume ends as the uninterrupted sweep did."""
+    s, ref = result(scenarios, "disk_full"), result(scenarios, "clean")
+    run = s.runs["run"]
+    print(f"\ndisk full -> driver exit {s.facts['rc']} after {s.facts['stop_s']:.1f} s; stderr: {run.stderr!r}")
+    assert s.facts["rc"] == 130, run.describe()
+    assert s.facts["stop_s"] < 30, run.describe()
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: no space left on device writing "), run.describe()
+    assert lines[0].endswith(f"free space, then finish with  python -m pipeline.sweep {s.sweep_file} --resume")
+    assert "worker failed" not in run.stdout, run.describe()  # a full disk is no worker failure to retry
+    # the table on the full disk reads back whole: the trials that ended, and t0002 if there was room for it
+    status = dict(s.facts["trials_before"][["trial_id", "status"]].values)
+    assert status.pop("t0002", "interrupted") == "interrupted" and status == {"t0000": "diverged",
+                                                                             "t0001": "finished"}, status
+
+    assert s.facts["resume_rc"] == 0, s.runs["resume"].describe()
+    assert_same_results(s, ref)
+    assert_mlflow_complete(s)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("free_kb", [0, 8, 24])
+def test_a_sweep_started_on_a_full_disk_stops_with_one_line_and_finishes_once_freed(
+        tmp_path: Path, cli_env, short_tmp, run_module, proc_text, free_kb: int) -> None:
+    """The output folder on a tmpfs with `free_kb` KB left: nothing to write the folder's lock in (0), Tune's
+    tuner.pkl cut short (8), Tune's experiment state cut short (24; the sizes as measured with this sweep). Each
+    stops with exit 130 and one line; with the space freed, the command it names finishes the sweep -- Tune's
+    state that the full disk cut short is written again or set aside, and a note says so."""
+    disk, work = tmp_path / "disk", tmp_path / "work"
+    disk.mkdir(), work.mkdir()
+    why_not = mount_tmpfs(disk, "4m")
+    if why_not:
+        pytest.skip(why_not)
+    try:
+        write_sweep(work, {**SHORT, "output": str(disk / "out")}, corpus())
+        env = cli_env(ray_tmp=short_tmp())
+        st = os.statvfs(disk)
+        (disk / "filler").write_bytes(bytes(max(0, st.f_bavail * st.f_frsize - free_kb * 1024)))
+        first = run_module("pipeline.sweep", "sweep.yaml", cwd=work, env=env, timeout=300)
+        print(f"\n{free_kb} KB free: exit {first.returncode}; {first.stderr.strip()}")
+        assert first.returncode == 130, proc_text(first)
+        lines = first.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: no space left on device writing "), proc_text(first)
+        command = lines[0].split("finish with  ")[1].split()
+        assert command[:4] == ["python", "-m", "pipeline.sweep", str(work / "sweep.yaml")], command
+        (disk / "filler").unlink()
+        again = run_module(*command[2:], cwd=work, env=env, timeout=300)
+        print(f"then {' '.join(command[3:])}: exit {again.returncode}; {again.stderr.strip()}")
+        assert again.returncode == 0, proc_text(again)
+        assert "Traceback" not in again.stderr and "ERROR" not in again.stderr, proc_text(again)
+        t = read_trials(disk / "out")
+        assert list(t["status"]) == ["finished", "finished"], t
+    finally:
+        unmount(disk)
 
 
 # ------------------------------------------------------------------------------------ 4. atomic tables
