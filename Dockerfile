@@ -1,5 +1,15 @@
 # Project image: runs the Ray head, the Ray workers and the sweep driver.
-FROM python:3.11.11-slim-bookworm
+#
+# PYTHON_IMAGE: the base, a Debian-based Python 3.11 image with `python` and `pip` on PATH.
+# Python packages come from PyPI; to build without it (air-gapped), give a folder of wheels as the
+# build context `wheels`:
+#   docker build --build-context wheels=/path/to/wheels .
+ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+
+# Empty unless `--build-context wheels=DIR` replaces it.
+FROM scratch AS wheels
+
+FROM ${PYTHON_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -18,7 +28,9 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY rnncore/ rnncore/
 COPY pipeline/ pipeline/
-RUN pip install . "ray[default]==2.60.0" \
+RUN --mount=type=bind,from=wheels,target=/wheels \
+    if ls /wheels/*.whl >/dev/null 2>&1; then export PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheels; fi \
+ && pip install . "ray[default]==2.60.0" \
  && rm -rf build *.egg-info
 
 # Sweep definitions and the training corpus.
