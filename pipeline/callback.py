@@ -123,6 +123,8 @@ class SweepCallback(tune.Callback):
         if result.get("disk_full"):  # its checkpoint was not written: the report is sent again on --resume
             self._stop_for_full_disk(result["disk_full"])
             return
+        if result.get("memory_error"):  # no report: the trial ends with it (on_trial_complete)
+            return
         if self._is_pack(trial):
             for m in result["members"]:
                 member = self._member(m["trial_index"])
@@ -170,6 +172,13 @@ class SweepCallback(tune.Callback):
               f"(failure {trial.num_failures} of max_failures {self.cfg.max_failures})", flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        error = (trial.last_result or {}).get("memory_error")
+        if error:  # out of memory: failed, not retried (pipeline.trainable)
+            for t in (self._pack_members(trial) if self._is_pack(trial) else [trial]):
+                key, _ = self._key(t)
+                last = {**trial.last_result, **self.last.get(key, ({}, None))[0]}  # its newest report, if any
+                self._close(key, self._run(t), "failed", {"error": error[-5000:]}, last, error=error)
+            return
         if not self._is_pack(trial):
             self._complete(trial, trial.last_result or {}, trial.checkpoint, None)
             return

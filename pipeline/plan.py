@@ -6,9 +6,12 @@ sweep that will likely not do what its author wants (shown, not enforced).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import itertools
+import os
+from typing import TYPE_CHECKING, Any
 
 from rnncore.config import FIELD_NAMES, TrainConfig
+from rnncore.trainer import memory_bytes
 
 from .sections import AshaScheduler, OptunaSearch, PbtScheduler, Scheduler
 from .vocab import METRICS
@@ -16,7 +19,14 @@ from .vocab import METRICS
 if TYPE_CHECKING:
     from .config import SweepConfig
 
-__all__ = ["notes", "plan_text"]
+__all__ = ["WORKER_BYTES", "machine_memory", "memory_problem", "notes", "plan_text", "trial_memory"]
+
+# A trial's process besides its arrays: Python, numpy, Ray's worker and the corpus (measured: 250-300 MB RSS)
+WORKER_BYTES = 300 << 20
+# the options a trial's memory depends on (rnncore.trainer.memory_bytes): numeric ones grow it, the others differ
+GROWING = ("hidden_size", "num_layers", "seq_length", "batch_size", "eval_streams", "dropout")
+CHOSEN = ("cell", "optimizer", "dtype")
+SHOWN = ("cell", "num_layers", "hidden_size", "seq_length", "batch_size", "dtype", "optimizer")
 
 
 def plan_text(cfg: SweepConfig) -> str:
@@ -49,6 +59,7 @@ def plan_text(cfg: SweepConfig) -> str:
         f"  objective:  {cfg.mode} {cfg.metric} ({METRICS[cfg.metric][1]})",
         f"  search:     {_search_text(cfg)}",
         f"  scheduler:  {_scheduler_text(cfg.scheduler)}",
+        f"  memory:     {_memory_text(cfg)}",
         f"  resources:  {cfg.resources.cpu:g} CPU, {cfg.resources.gpu:g} GPU per trial; "
         + (f"at most {cfg.max_concurrent_trials} at once" if cfg.max_concurrent_trials
            else "as many at once as resources allow"),
@@ -63,6 +74,74 @@ def plan_text(cfg: SweepConfig) -> str:
         *(f"  note:       {n}" for n in notes(cfg)),
     ]
     return "\n".join(lines)
+
+
+def trial_memory(cfg: SweepConfig) -> tuple[int, dict[str, Any]]:
+    """The most memory one trial of the sweep can need (a packed sweep: one pack), in bytes, with the values that
+    need it: rnncore.trainer.memory_bytes at the largest size each option takes, over every cell, optimizer and
+    dtype the sweep can pick, plus WORKER_BYTES. Reads the corpus (its vocabulary size)."""
+    V = cfg.corpus().vocab.size
+    members = min(cfg.packing.max_trials, cfg.num_trials) if cfg.packing else 1
+    base = cfg.base_values()
+    top = {k: cfg.value_range(k)[1] for k in GROWING}
+    chosen = [_values(cfg, k) for k in CHOSEN]
+    best: tuple[int, dict[str, Any]] = (WORKER_BYTES, {})
+    for combo in itertools.product(*chosen):
+        values = {**top, **dict(zip(CHOSEN, combo))}
+        try:
+            need = memory_bytes(TrainConfig.from_dict({**base, **values}), V, members) + WORKER_BYTES
+        except ValueError:  # a combination no trial can have (e.g. float16 with an option that refuses it)
+            continue
+        if need > best[0]:
+            shown = {k: v for k, v in values.items() if k in SHOWN or v != getattr(TrainConfig, k)}
+            best = (need, {**shown, **({"packed trials": members} if members > 1 else {})})
+    return best
+
+
+def memory_problem(cfg: SweepConfig, available: int, where: str) -> str | None:
+    """Why a trial of the sweep cannot fit in ``available`` bytes (``where``: "the largest Ray node", ...), or
+    None when it fits."""
+    need, values = trial_memory(cfg)
+    if need <= available:
+        return None
+    shown = ", ".join(f"{k} {v}" for k, v in values.items())
+    ways = ["lower hidden_size, batch_size or seq_length" + (" (or packing.max_trials)" if cfg.packing else "")]
+    if values.get("dtype") == "float64":
+        ways.append("use dtype float32")
+    return (f"train: a trial needs about {_gib(need)} of memory ({shown}), more than {where} has "
+            f"({_gib(available)}); {', '.join(ways)}, or run on a node with more memory")
+
+
+def machine_memory() -> int:
+    """This machine's memory, or the memory limit of the cgroup this process runs in if that is lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as f:
+                limit = f.read().strip()
+        except OSError:
+            continue
+        if limit.isdigit():
+            total = min(total, int(limit))
+    return total
+
+
+def _values(cfg: SweepConfig, name: str) -> list[Any]:
+    value = cfg.train.get(name, getattr(TrainConfig, name))
+    return list(value.values()) if hasattr(value, "values") and callable(value.values) else [value]
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def _memory_text(cfg: SweepConfig) -> str:
+    try:
+        need, values = trial_memory(cfg)
+    except Exception:  # noqa: BLE001 - a corpus load_sweep did not read (check_corpus=False)
+        return "not estimated (the corpus was not read)"
+    what = "a pack" if cfg.packing else "a trial"
+    return f"up to about {_gib(need)} for {what} (" + ", ".join(f"{k} {v}" for k, v in values.items()) + ")"
 
 
 def notes(cfg: SweepConfig) -> list[str]:

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 from . import folder, raycompat
 from .config import ConfigError, SweepConfig, load_sweep
 from .diskfull import describe, disk_full, message
+from .plan import machine_memory, memory_problem
 from .tracking import TrackingError  # (tracking imports MLflow only when it uses it)
 from .vocab import CLOSED, finite, ranked
 
@@ -74,6 +75,8 @@ def run_sweep(cfg: SweepConfig, *, address: str | None, resume: bool) -> int:
     # checks that write nothing first: the folder's driver, the folder against --resume, the tracking server
     folder.refuse_if_in_use(cfg)
     tune_dir = folder.check(cfg, resume=resume)
+    if not address:  # (a cluster's nodes are checked once Ray reports them: _check_resources)
+        _check_memory(cfg, machine_memory(), "this machine")
     uri = resolve_uri(cfg.mlflow.tracking_uri)
     check_server(uri)  # before importing Ray and Tune (seconds), so a dead server fails within its timeout
     with folder.lock(cfg):  # a second driver on the same output folder stops here
@@ -328,12 +331,22 @@ def _check_resources(cfg: SweepConfig, *, local: bool) -> None:
         raise SweepError("train.device: device gpu needs CuPy, which is not installed; "
                          "pip install '.[gpu]' (or '.[gpu-cuda13]'), or set device: cpu")
 
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    _check_memory(cfg, int(max((n.get("memory", 0) for n in nodes), default=0)),
+                  "the largest Ray node (Ray's memory resource)")
     total = ray.cluster_resources()
     for key, want in (("CPU", cfg.resources.cpu), ("GPU", cfg.resources.gpu)):
         have = total.get(key, 0.0)
         if want > 0 and have < want:
             raise SweepError(f"resources.{key.lower()}: each trial asks for {want:g} {key}, but the Ray cluster has "
                              f"{have:g}; lower resources.{key.lower()} or add nodes that have {key}s")
+
+
+def _check_memory(cfg: SweepConfig, available: int, where: str) -> None:
+    """A trial that cannot fit would fail allocating its arrays (or be killed by the OOM killer) once per try."""
+    problem = memory_problem(cfg, available, where)
+    if problem:
+        raise SweepError(problem)
 
 
 def _param_space(cfg: SweepConfig, packs: list | None = None) -> dict[str, Any]:
@@ -443,10 +456,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    address = args.address or os.environ.get("RAY_ADDRESS") or cfg.ray.address
     if args.dry_run:
         print(cfg.plan_text())
+        problem = None if address else memory_problem(cfg, machine_memory(), "this machine")
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
         return 0
-    address = args.address or os.environ.get("RAY_ADDRESS") or cfg.ray.address
     try:
         return run_sweep(cfg, address=address, resume=args.resume)
     except KeyboardInterrupt:  # Ctrl-C outside Tune's run (starting up, writing the summary)

@@ -87,6 +87,11 @@ def train_trial(config: dict[str, Any], *, corpus: Corpus, base: dict[str, Any],
     ctx = tune.get_context()
     index = trial_index(ctx.get_trial_id(), ctx.get_trial_dir())
     cfg = train_config(base, config, trial_seed(sweep_seed, index), derive_seed=derive_seed)
+    with _out_of_memory_ends_it(cfg, {"trial_index": index}):
+        _train_trial(ctx, cfg, corpus, index)
+
+
+def _train_trial(ctx, cfg: TrainConfig, corpus: Corpus, index: int) -> None:
     scratch = scratch_folder(raycompat.trial_folder(ctx))
     start = _restore(ctx, cfg, corpus, index, scratch)
     if start.report.get("diverged"):  # it ended there: training a non-finite state on would only add a report
@@ -116,6 +121,19 @@ def train_trial(config: dict[str, Any], *, corpus: Corpus, base: dict[str, Any],
             with open(os.path.join(d, REPORT_FILE), "w", encoding="utf-8") as f:
                 json.dump(metrics, f)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+@contextlib.contextmanager
+def _out_of_memory_ends_it(cfg: TrainConfig, fields: dict[str, Any]) -> Iterator[None]:
+    """A MemoryError (an array the node cannot hold) ends the trial with a report that says so, which the driver
+    records as the trial's failure; raised, it would be retried (max_failures) and fail the same way each time.
+    (A process the OOM killer ends is a worker failure, retried as such.)"""
+    try:
+        yield
+    except MemoryError as e:
+        tune.report({"memory_error": f"out of memory on node {ray.util.get_node_ip_address()}: {e}",
+                     "iteration": 0, "val_loss": math.inf, "val_bpc": math.inf, "train_loss": math.inf,
+                     "target_iterations": cfg.iterations, **_where(), **fields})
 
 
 @contextlib.contextmanager
@@ -285,10 +303,15 @@ def train_pack(config: dict[str, Any], *, corpus: Corpus, base: dict[str, Any], 
 
     Every report carries one entry per member under "members" (the driver turns them into the members'
     own MLflow runs and Parquet rows) and a checkpoint holding each member's rnncore checkpoint."""
-    from rnncore.trainer import PackedTrainer
-
     members = packs[config["pack"]]
     cfgs = [train_config(base, trials[i], trial_seed(sweep_seed, i), derive_seed=derive_seed) for i in members]
+    with _out_of_memory_ends_it(cfgs[0], {"members": []}):
+        _train_pack(cfgs, members, trials, corpus)
+
+
+def _train_pack(cfgs: list[TrainConfig], members: list[int], trials: list[dict[str, Any]], corpus: Corpus) -> None:
+    from rnncore.trainer import PackedTrainer
+
     states, meta = None, {}
     scratch = scratch_folder(raycompat.trial_folder(tune.get_context()))
     restored = tune.get_checkpoint()

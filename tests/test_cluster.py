@@ -10,7 +10,12 @@ The module fixture starts, as separate process groups (stopped by PID at the end
 
 A FIFO sweep of 4 trials (1 CPU each, 2 at a time) then has to use both nodes, log everything to the server
 and write complete tables; a tiny sweep checks that RAY_ADDRESS works like --address. Bad cluster settings
-(dead tracking server, dead Ray address, a GPU the cluster lacks) must exit 2 fast and create nothing.
+(dead tracking server, dead Ray address, a GPU the cluster lacks, a trial larger than any node's memory) must
+exit 2 fast and create nothing.
+
+The head claims 2 TB of memory (`ray start --memory`, which is what Ray then reports for the node): a trial
+the driver's check lets through can then run out of memory for real (a 74.5 GiB array), which must fail it
+once, not retry it.
 
 Loopback only. Ray swaps 127.0.0.1 for the machine's outward address unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0,
 and with that setting `ray start --address` refuses to start a worker node ("multi-node clusters are not
@@ -111,6 +116,8 @@ TINY: dict[str, Any] = {
     "num_samples": 1,
 }
 
+
+HEAD_MEMORY = 2 * 10**12  # bytes the head node claims (see the module docstring)
 
 # ------------------------------------------------------------------------------------------- processes
 
@@ -296,7 +303,8 @@ def cluster(tmp_path_factory, short_tmp, cli_env) -> Iterator[Cluster]:
         common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--num-gpus=0", f"--temp-dir={ray_tmp}",
                   "--object-store-memory=100000000", "--disable-usage-stats", "--block"]
         procs.start("ray head", [
-            str(VENV_BIN / "ray"), "start", "--head", f"--port={gcs_port}", "--include-dashboard=false", *common,
+            str(VENV_BIN / "ray"), "start", "--head", f"--port={gcs_port}", "--include-dashboard=false",
+            f"--memory={HEAD_MEMORY}", *common,
         ], {**ray_env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}, home / "head.log")
         wait_for("the Ray head", lambda: tcp_open(gcs_port), procs, timeout=90)
         procs.start("ray worker node", [
@@ -530,3 +538,38 @@ def test_a_gpu_the_cluster_lacks_exits_2_instead_of_pending_forever(cluster: Clu
     assert "resources.gpu" in err and "GPU" in err and "0.25" in err, err
     assert run.seconds < 45, f"took {run.seconds:.1f} s"
     assert client(cluster).get_experiment_by_name("never-gpu") is None
+
+
+def test_a_trial_larger_than_every_node_exits_2_naming_the_memory(cluster: Cluster, tmp_path: Path, run_module,
+                                                                  cli_env, corpus_text, proc_text) -> None:
+    """hidden_size 500000 (float32) needs about 4.5 TiB, more than the largest node's 2 TB: exit 2 before any trial
+    starts (it used to pass --dry-run, then fail every trial allocating its weights)."""
+    sweep = {**with_server(TINY, cluster, tmp_path, "never-memory"), "train": {**TINY["train"], "hidden_size": 500000}}
+    write_sweep(tmp_path, sweep, corpus_text(CORPUS_CHARS))
+    before = _snapshot(tmp_path)
+    run = start_sweep(tmp_path, sweep, corpus_text(CORPUS_CHARS), run_module, cluster, cli_env,
+                      "--address", cluster.address, timeout=120)
+    err = _bad(run, proc_text, before)
+    assert "train: a trial needs about 4" in err and "hidden_size 500000" in err, err
+    assert f"the largest Ray node (Ray's memory resource) has ({HEAD_MEMORY / 2**30:.1f} GiB)" in err
+    assert client(cluster).get_experiment_by_name("never-memory") is None
+
+
+def test_a_trial_out_of_memory_fails_once_instead_of_being_retried(cluster: Cluster, tmp_path: Path, run_module,
+                                                                   cli_env, corpus_text, proc_text) -> None:
+    """hidden_size 100000 fits the head's claimed 2 TB, so the trial starts, and allocating its weights
+    (float32: 37.3 GiB) raises MemoryError on either node: the trial fails at once with that error, is not retried (it used to be, as
+    a worker failure, twice, with 3 tracebacks), and the sweep exits 1 as every trial failed."""
+    sweep = {**with_server(TINY, cluster, tmp_path, "out-of-memory"),
+             "train": {**TINY["train"], "hidden_size": 100000, "learning_rate": 0.1}}
+    run = start_sweep(tmp_path, sweep, corpus_text(CORPUS_CHARS), run_module, cluster, cli_env,
+                      "--address", cluster.address, timeout=180)
+    assert run.proc.returncode == 1, proc_text(run.proc)
+    assert "worker failed" not in run.proc.stdout and "Traceback" not in run.proc.stderr, proc_text(run.proc)
+    row = read_trials(tmp_path / "out").iloc[0]
+    assert row["status"] == "failed" and row["iterations"] == 0, row
+    assert row["error"].startswith("out of memory on node 127.0.0.1: Unable to allocate 37.3 GiB"), row["error"]
+    runs = client(cluster).search_runs([client(cluster).get_experiment_by_name("out-of-memory").experiment_id])
+    child = next(r for r in runs if "mlflow.parentRunId" in r.data.tags)
+    assert child.info.status == "FAILED" and child.data.tags["rnnsweep.status"] == "failed"
+    assert child.data.tags["error"].startswith("out of memory"), child.data.tags

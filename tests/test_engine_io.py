@@ -545,3 +545,44 @@ def test_train_cli_stopped_by_a_signal_saves_and_says_how_to_continue(sig: str, 
     stopped_at = checkpoint.load(out).state.iteration
     assert stopped_at > 200 and f"interrupted at iteration {stopped_at}; saved {out}" in stderr, stderr
     assert f"continue with --resume {out}" in stderr and "Traceback" not in stderr, stderr
+
+
+PEAK_MEMORY = """
+import json, sys
+from rnncore import TrainConfig, Trainer, load_corpus
+from rnncore.trainer import memory_bytes
+
+def hwm():  # the process's peak resident memory so far, bytes
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
+
+corpus = load_corpus(sys.argv[2], 0.1)
+base = hwm()
+cfg = TrainConfig(**{"iterations": 3, "eval_every": 3, "sample_every": 0, **json.loads(sys.argv[1])})
+trainer = Trainer(cfg, corpus)
+for _ in range(2):
+    trainer.step()
+trainer.evaluate()
+print(json.dumps({"peak": hwm() - base, "estimate": memory_bytes(cfg, corpus.vocab.size)}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak resident memory from /proc")
+@pytest.mark.parametrize("options", [
+    {"hidden_size": 1024},
+    {"hidden_size": 256, "batch_size": 128, "seq_length": 100, "dtype": "float32"},
+    {"cell": "lstm", "hidden_size": 512, "batch_size": 64, "seq_length": 50, "optimizer": "adam"},
+    {"cell": "gru", "hidden_size": 512, "num_layers": 2, "batch_size": 32, "seq_length": 50, "dropout": 0.2},
+], ids=["rnn", "rnn-batch", "lstm-adam", "gru-2-layers-dropout"])
+def test_memory_estimate_is_close_to_what_training_takes(options: dict, tmp_path: Path) -> None:
+    """memory_bytes (what a sweep's plan checks against each node's memory) against the peak resident memory a
+    process gains building a Trainer, stepping it and evaluating: within 15 % under and 40 % over."""
+    text = tmp_path / "corpus.txt"  # 200,000 characters: a validation split long enough for full chunks
+    text.write_text(SHAKESPEARE.read_text(encoding="utf-8")[:200_000], encoding="utf-8")
+    proc = subprocess.run([sys.executable, "-c", PEAK_MEMORY, json.dumps(options), str(text)],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    ratio = got["estimate"] / got["peak"]
+    print(f"\n{options}: peak {got['peak'] / 2**20:.0f} MiB, estimate {got['estimate'] / 2**20:.0f} MiB ({ratio:.2f})")
+    assert 0.85 <= ratio <= 1.4, got

@@ -861,6 +861,9 @@ HOSTILE = [
                  ["must name a sqlite file MLflow can write", "ro is not writable"], id="tracking-store-read-only"),
     pytest.param(edit(data__path="/dev/zero"), None, None, [], ["data.path", "which is a character device"],
                  id="corpus-is-a-device"),
+    pytest.param(edit(train__hidden_size={"choice": [64, 100000]}), None, None, [],  # was 3 tracebacks, exit 1
+                 ["train: a trial needs about", "hidden_size 100000", "more than this machine has"],
+                 id="trial-larger-than-this-machine"),
 ]
 
 
@@ -886,6 +889,22 @@ def test_hostile_sweep_input_exits_2_with_one_message_and_touches_nothing(
     assert snapshot(tmp_path) == before  # no output folder, no mlflow.db, no mlruns
     assert list(fresh_ray_tmpdir.iterdir()) == []  # Ray never started
     assert not (tmp_path / "PWNED").exists()  # no value of the file ran as code
+
+
+def test_dry_run_shows_each_trials_memory_and_refuses_a_trial_larger_than_this_machine(
+        tmp_path: Path, run_module, cli_env, fresh_ray_tmpdir, proc_text) -> None:
+    """The plan says how much memory the largest trial needs; one that cannot fit this machine fails --dry-run
+    already (exit 2, the plan still printed), as the run itself would, before Ray starts."""
+    write_sweep(tmp_path, edit(train__hidden_size={"grid_search": [16, 32]})(copy.deepcopy(BAD_BASE)), corpus(5000))
+    ok = run_module("pipeline.sweep", "sweep.yaml", "--dry-run", cwd=tmp_path, env=cli_env(ray_tmp=fresh_ray_tmpdir))
+    assert ok.returncode == 0, proc_text(ok)
+    assert re.search(r"memory: +up to about \d+ MiB for a trial \(.*hidden_size 32\b", ok.stdout), ok.stdout
+    write_sweep(tmp_path, edit(train__hidden_size=100000)(copy.deepcopy(BAD_BASE)))
+    big = run_module("pipeline.sweep", "sweep.yaml", "--dry-run", cwd=tmp_path, env=cli_env(ray_tmp=fresh_ray_tmpdir))
+    assert big.returncode == 2 and "Sweep 'bad'" in big.stdout, proc_text(big)
+    assert big.stderr.startswith("error: train: a trial needs about 199.1 GiB of memory (") and \
+        "more than this machine has" in big.stderr, proc_text(big)
+    assert list(fresh_ray_tmpdir.iterdir()) == []
 
 
 def test_yaml_alias_bomb_exits_2_at_once_with_a_short_message(tmp_path: Path, cli_env, fresh_ray_tmpdir,
