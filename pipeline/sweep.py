@@ -98,8 +98,8 @@ def _run_locked(cfg: SweepConfig, tune_dir: str, uri: str, *, address: str | Non
             _check_resources(cfg, local=not address)
             startup.install_store()
             freeze_at_exit()
-            folder.record_identity(cfg)
             sweep = _open_sweep(cfg, uri, resume=resume)
+            folder.record_identity(cfg)
             tuner = _build_tuner(sweep, tune_dir, resume=resume)
             _fit(tuner)
             return _finish(sweep)
@@ -124,7 +124,7 @@ def _open_sweep(cfg: SweepConfig, uri: str, *, resume: bool) -> _Sweep:
     """The sweep's MLflow parent run, its tables (with what an earlier driver wrote) and Tune's callback."""
     from .callback import SweepCallback
     from .results import ResultsTable, TableError
-    from .tracking import Tracker
+    from .tracking import Tracker, failure_text, store_errors
 
     table = ResultsTable(cfg.output.resolve(), sweep_text=cfg.source_text)
     if resume:
@@ -133,13 +133,24 @@ def _open_sweep(cfg: SweepConfig, uri: str, *, resume: bool) -> _Sweep:
         except TableError as e:  # (folder.check read them: changed since)
             raise SweepError(f"--resume: {e}") from None
     corpus = cfg.corpus()  # read by load_sweep when it checked the file
-    tracker = Tracker(uri=uri, experiment=cfg.mlflow.experiment, sweep_id=sweep_id(cfg), corpus=corpus)
-    parent = tracker.start_sweep(name=cfg.name, sweep_text=cfg.source_text, resume=resume,
-                                 params={"sweep_file": str(cfg.source_path), "num_trials": cfg.num_trials,
-                                         "corpus": str(cfg.data.path), "corpus_sha256": corpus.sha256,
-                                         "seed": cfg.seed, "metric": cfg.metric, "mode": cfg.mode,
-                                         "scheduler": cfg.scheduler.type, "search_alg": cfg.search_alg.type,
-                                         **{f"space.{k}": d.call_text() for k, d in cfg.searched.items()}})
+    try:  # (check_store caught what it could without opening the store)
+        try:
+            tracker = Tracker(uri=uri, experiment=cfg.mlflow.experiment, sweep_id=sweep_id(cfg), corpus=corpus)
+        except Exception as e:  # noqa: BLE001 - opening a store raises MLflow's, SQLAlchemy's or alembic's errors
+            raise _StoreError(e) from e
+        parent = tracker.start_sweep(name=cfg.name, sweep_text=cfg.source_text, resume=resume,
+                                     params={"sweep_file": str(cfg.source_path), "num_trials": cfg.num_trials,
+                                             "corpus": str(cfg.data.path), "corpus_sha256": corpus.sha256,
+                                             "seed": cfg.seed, "metric": cfg.metric, "mode": cfg.mode,
+                                             "scheduler": cfg.scheduler.type, "search_alg": cfg.search_alg.type,
+                                             **{f"space.{k}": d.call_text() for k, d in cfg.searched.items()}})
+    except (_StoreError, *store_errors()) as e:
+        e = e.args[0] if isinstance(e, _StoreError) else e
+        if disk_full(e):
+            raise e from None
+        raise TrackingError(f"the MLflow tracking store at {uri} cannot be used ({failure_text(e)}); repair it or "
+                            "move it aside, or set mlflow.tracking_uri (or MLFLOW_TRACKING_URI) to another store"
+                            ) from None
     if resume and not table.history_path.exists():  # moved aside: the reports MLflow has
         for trial_id, run in tracker.children.items():
             for row in tracker.metric_rows(run):
@@ -160,6 +171,10 @@ def _open_sweep(cfg: SweepConfig, uri: str, *, resume: bool) -> _Sweep:
         print(f"note: {note}", file=sys.stderr, flush=True)
     return _Sweep(cfg=cfg, tracking_uri=uri, parent_run=parent, table=table, callback=callback, trials=trials,
                   packs=packs)
+
+
+class _StoreError(Exception):
+    """Opening the tracking store failed; args[0] is the error."""
 
 
 def _build_tuner(sweep: _Sweep, tune_dir: str, *, resume: bool):

@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from rnncore.data import not_a_file
+
 from .space import show
 
 __all__ = ["ConfigError", "MAX_YAML_VALUES", "parse_yaml", "read_text"]
@@ -32,6 +34,10 @@ class ConfigError(Exception):
 def read_text(path: Path) -> str:
     """The sweep file's text (UTF-8), or a ConfigError that says why it cannot be read."""
     try:
+        kind = not_a_file(path)  # (a FIFO nobody writes would block the read for ever)
+        if kind is not None and kind != "a folder":
+            raise ConfigError([f"{path}: is {kind}, but a sweep file is needed: a regular file, whose path the sweep "
+                               "records for --resume; save the YAML to a file and pass that"])
         raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError([f"{path}: sweep file not found; pass the path of a YAML file such as "

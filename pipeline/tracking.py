@@ -73,11 +73,12 @@ class TrackingError(RuntimeError):
 
 def store_errors() -> tuple[type[BaseException], ...]:
     """What a tracking call raises when the store cannot be used (a server gone or refusing, a broken database):
-    MLflow's own exception, and the HTTP and OS errors under it."""
+    MLflow's own exception, and the HTTP, database and OS errors under it."""
     import requests
     from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
 
-    return (MlflowException, requests.RequestException, OSError)
+    return (MlflowException, requests.RequestException, SQLAlchemyError, OSError)
 
 
 def failure_text(error: BaseException) -> str:
@@ -146,6 +147,24 @@ def check_store(uri: str) -> None:
     if problem:
         raise TrackingError(f"MLflow tracking URI {uri[:200]} must name a sqlite file MLflow can write, but "
                             f"{problem}; {fix}, e.g. sqlite:///mlflow.db in a folder you can write")
+    broken = _not_sqlite(path) if os.path.isfile(path) and os.path.getsize(path) > 0 else None
+    if broken:
+        raise TrackingError(f"MLflow tracking URI {uri[:200]} must name a sqlite file MLflow can write, but {path} "
+                            f"is not one that reads ({broken}); move it aside (MLflow starts a new store there) or "
+                            f"{fix}")
+
+
+def _not_sqlite(path: str) -> str | None:
+    """Why the existing file ``path`` is no readable SQLite database (a corrupt or foreign file), else None."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro", uri=True,
+                                                timeout=10)) as db:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as e:
+        return str(e)
+    return None
 
 
 def _plugin_schemes() -> set[str]:

@@ -20,6 +20,7 @@ how a test finds the worker to kill and checks where each trial (re)started.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import errno
 import glob
@@ -861,6 +862,9 @@ HOSTILE = [
                  ["must name a sqlite file MLflow can write", "ro is not writable"], id="tracking-store-read-only"),
     pytest.param(edit(data__path="/dev/zero"), None, None, [], ["data.path", "which is a character device"],
                  id="corpus-is-a-device"),
+    pytest.param(edit(), None, lambda folder: (folder / "mlflow.db").write_bytes(bytes(range(256)) * 64), [],
+                 ["must name a sqlite file MLflow can write", "(file is not a database)", "move it aside"],
+                 id="tracking-store-not-a-database"),  # was a traceback, exit 1, after Ray started
     pytest.param(edit(train__hidden_size={"choice": [64, 100000]}), None, None, [],  # was 3 tracebacks, exit 1
                  ["train: a trial needs about", "hidden_size 100000", "more than this machine has"],
                  id="trial-larger-than-this-machine"),
@@ -1222,3 +1226,33 @@ def test_a_tracking_server_that_dies_mid_sweep_stops_it_like_ctrl_c(tmp_path: Pa
         for key, hist in metrics.items():  # every report once, those that came while the server was gone too
             assert [m.step for m in hist] == list(rows["iteration"]), (tid, key)
             assert [m.value for m in hist] == list(rows[key]), (tid, key)
+
+
+def test_a_sweep_file_that_is_a_named_pipe_exits_2_at_once(tmp_path: Path, run_module, cli_env, fresh_ray_tmpdir,
+                                                           proc_text) -> None:
+    """Reading a FIFO nobody writes to blocks for ever (the sweep used to hang there): it is refused by its kind."""
+    os.mkfifo(tmp_path / "sweep.yaml")
+    proc = run_module("pipeline.sweep", "sweep.yaml", cwd=tmp_path, env=cli_env(ray_tmp=fresh_ray_tmpdir), timeout=60)
+    assert proc.returncode == 2, proc_text(proc)
+    assert "sweep.yaml: is a named pipe, but a sweep file is needed" in proc.stderr, proc_text(proc)
+    assert list(fresh_ray_tmpdir.iterdir()) == []
+
+
+def test_a_tracking_store_mlflow_cannot_open_exits_2_with_one_line(tmp_path: Path, run_module, cli_env, short_tmp,
+                                                                   proc_text) -> None:
+    """A SQLite file that reads but that MLflow cannot open (a schema revision it does not know): found only once
+    MLflow opens it, after Ray started; one line naming the store, exit 2, no output folder (was a traceback)."""
+    import sqlite3
+
+    write_sweep(tmp_path, BAD_BASE, corpus(5000))
+    with contextlib.closing(sqlite3.connect(tmp_path / "mlflow.db")) as db:
+        db.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+        db.execute("INSERT INTO alembic_version VALUES ('0123456789ab')")
+        db.commit()
+    proc = run_module("pipeline.sweep", "sweep.yaml", cwd=tmp_path, env=cli_env(ray_tmp=short_tmp()), timeout=120)
+    assert proc.returncode == 2, proc_text(proc)
+    assert proc.stderr.strip().splitlines() == [
+        f"error: the MLflow tracking store at sqlite:///{tmp_path / 'mlflow.db'} cannot be used (Can't locate "
+        "revision identified by '0123456789ab'); repair it or move it aside, or set mlflow.tracking_uri (or "
+        "MLFLOW_TRACKING_URI) to another store"], proc_text(proc)
+    assert not (tmp_path / "out").exists()
