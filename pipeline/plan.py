@@ -113,9 +113,10 @@ def memory_problem(cfg: SweepConfig, available: int, where: str) -> str | None:
 
 
 def machine_memory() -> int:
-    """This machine's memory, or the memory limit of the cgroup this process runs in if that is lower."""
+    """This machine's memory, or the memory limit of the cgroup this process runs in (a container's, a job
+    scheduler's) if that is lower."""
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+    for path in _cgroup_limit_files():
         try:
             with open(path) as f:
                 limit = f.read().strip()
@@ -124,6 +125,23 @@ def machine_memory() -> int:
         if limit.isdigit():
             total = min(total, int(limit))
     return total
+
+
+def _cgroup_limit_files() -> list[str]:
+    """The memory-limit files of this process's cgroup, v2 (memory.max) and v1 (memory.limit_in_bytes)."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    files = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            files.append(f"/sys/fs/cgroup{path.rstrip('/')}/memory.max")
+        elif "memory" in controllers.split(","):
+            files.append(f"/sys/fs/cgroup/memory{path.rstrip('/')}/memory.limit_in_bytes")
+    return files
 
 
 def _values(cfg: SweepConfig, name: str) -> list[Any]:

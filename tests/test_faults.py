@@ -1256,3 +1256,48 @@ def test_a_tracking_store_mlflow_cannot_open_exits_2_with_one_line(tmp_path: Pat
         "revision identified by '0123456789ab'); repair it or move it aside, or set mlflow.tracking_uri (or "
         "MLFLOW_TRACKING_URI) to another store"], proc_text(proc)
     assert not (tmp_path / "out").exists()
+
+
+@contextlib.contextmanager
+def memory_cgroup(limit: int) -> Iterator[Path | str]:
+    """A child cgroup of this process's own, capped at `limit` bytes (cgroup v1's memory controller, or v2's):
+    the folder, whose `cgroup.procs` a process joins; or, where none can be made here, why not."""
+    lines = Path("/proc/self/cgroup").read_text().splitlines() if Path("/proc/self/cgroup").exists() else []
+    made = None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            made, limit_file = Path(f"/sys/fs/cgroup/memory{path.rstrip('/')}/rnnsweep-test-{os.getpid()}"), \
+                "memory.limit_in_bytes"
+        elif controllers == "" and made is None and Path("/sys/fs/cgroup/cgroup.controllers").exists():
+            made, limit_file = Path(f"/sys/fs/cgroup{path.rstrip('/')}/rnnsweep-test-{os.getpid()}"), "memory.max"
+    if made is None:
+        yield "no memory cgroup here"
+        return
+    try:
+        made.mkdir()
+        (made / limit_file).write_text(str(limit))
+    except OSError as e:
+        yield f"cannot make a memory cgroup here: {e}"
+        return
+    try:
+        yield made
+    finally:
+        made.rmdir()
+
+
+def test_a_trial_larger_than_the_cgroup_memory_limit_exits_2(tmp_path: Path, cli_env, fresh_ray_tmpdir) -> None:
+    """Under a 4 GiB cgroup limit (a container's, a batch job's), hidden_size 12000 (about 5.8 GiB a trial) is
+    refused as too large for this machine, before Ray starts (under a 6 GB cap, hidden_size 25000 used to be
+    OOM-killed three times over 49 s)."""
+    write_sweep(tmp_path, edit(train__hidden_size=12000, train__dtype="float64")(copy.deepcopy(BAD_BASE)),
+                corpus(5000))
+    with memory_cgroup(4 << 30) as group:
+        if isinstance(group, str):
+            pytest.skip(group)
+        proc = subprocess.run([sys.executable, "-m", "pipeline.sweep", "sweep.yaml"], cwd=tmp_path, timeout=120,
+                              env=cli_env(ray_tmp=fresh_ray_tmpdir), capture_output=True, text=True,
+                              preexec_fn=lambda: (group / "cgroup.procs").write_text(str(os.getpid())))
+    assert proc.returncode == 2, proc.stderr
+    assert "hidden_size 12000" in proc.stderr and "more than this machine has (4.0 GiB)" in proc.stderr, proc.stderr
+    assert list(fresh_ray_tmpdir.iterdir()) == [] and not (tmp_path / "out").exists()
