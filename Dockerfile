@@ -22,15 +22,24 @@ RUN groupadd --gid 1000 app \
 
 WORKDIR /app
 
-# Install the package and its pinned dependencies (see pyproject.toml).
-# ray[default] adds the dashboard and the Ray client server (port 10001);
-# keep its version equal to the ray pin in pyproject.toml.
-COPY pyproject.toml README.md ./
+# The pinned dependencies (see pyproject.toml), in a layer of their own: a change to the code
+# below reinstalls only the package. ray[default] adds the dashboard and the Ray client server
+# (port 10001); keep its version equal to the ray pin in pyproject.toml.
+COPY pyproject.toml ./
+RUN --mount=type=bind,from=wheels,target=/wheels \
+    if ls /wheels/*.whl >/dev/null 2>&1; then export PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheels; fi \
+ && python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+      > /tmp/requirements.txt \
+ && pip install -r /tmp/requirements.txt "ray[default]==2.60.0" \
+ && rm /tmp/requirements.txt
+
+# The package itself.
+COPY README.md ./
 COPY rnncore/ rnncore/
 COPY pipeline/ pipeline/
 RUN --mount=type=bind,from=wheels,target=/wheels \
     if ls /wheels/*.whl >/dev/null 2>&1; then export PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheels; fi \
- && pip install . "ray[default]==2.60.0" \
+ && pip install --no-deps . \
  && rm -rf build *.egg-info
 
 # Sweep definitions and the training corpus.

@@ -52,6 +52,7 @@ PYTHON_IMAGE = "localhost/rnnsweep-stack/python:3.11"
 MLFLOW_IMAGE = "localhost/rnnsweep-stack/mlflow:3.17.2"
 POSTGRES_IMAGE = "localhost/rnnsweep-stack/postgres:15"   # the name override.yml gives the postgres service
 RECIPE_LABEL = "rnnsweep.recipe"   # a base image carries the digest of the files it was built from
+BUILT_LABEL = "rnnsweep.stack-test"   # on every image built here, so that replaced ones can be pruned
 
 log = logging.getLogger("compose_stack")
 
@@ -150,7 +151,7 @@ def build_bases(run: Runner, wheels: Path) -> None:
         if _label(run, image) == recipe:
             return
         log.info("building %s (%s)", image, containerfile)
-        run(["podman", "build", "--label", f"{RECIPE_LABEL}={recipe}", "-t", image, "-f",
+        run(["podman", "build", "--label", f"{RECIPE_LABEL}={recipe}", "--label", f"{BUILT_LABEL}=1", "-t", image, "-f",
              SUPPORT / containerfile, *args, SUPPORT], timeout=900)
 
     files = {name: (SUPPORT / name).read_bytes() for name in
@@ -177,7 +178,8 @@ def _import_debian(run: Runner, recipe: str) -> None:
         (rootfs / "var/cache/apt/archives/partial").mkdir(parents=True)
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
         try:
-            run(["podman", "import", "--change", f"LABEL {RECIPE_LABEL}={recipe}", "--change", "CMD /bin/bash",
+            run(["podman", "import", "--change", f"LABEL {RECIPE_LABEL}={recipe}", "--change", f"LABEL {BUILT_LABEL}=1",
+                 "--change", "CMD /bin/bash",
                  "-", DEBIAN_IMAGE], stdin=tar.stdout, timeout=600)
         finally:
             tar.stdout.close()
@@ -361,13 +363,15 @@ class Compose:
 def build_project_images(run: Runner, images: dict[str, str], wheels: Path) -> None:
     """The images of docker-compose.yml's services, built from the repository's Dockerfiles on the
     stand-in bases: `images` maps a service to its image name (from `compose config`)."""
-    wheels_ctx = ["--build-context", f"wheels={wheels}"]
+    wheels_ctx = ["--build-context", f"wheels={wheels}", "--label", f"{BUILT_LABEL}=1"]
     log.info("podman build %s from docker/mlflow.Dockerfile", images["mlflow"])
     run(["podman", "build", "-t", images["mlflow"], "-f", REPO / "docker" / "mlflow.Dockerfile",
          "--build-arg", f"MLFLOW_IMAGE={MLFLOW_IMAGE}", *wheels_ctx, REPO], timeout=900)
     log.info("podman build %s from Dockerfile", images["ray-head"])
     run(["podman", "build", "-t", images["ray-head"], "-f", REPO / "Dockerfile",
          "--build-arg", f"PYTHON_IMAGE={PYTHON_IMAGE}", *wheels_ctx, REPO], timeout=900)
+    # The images these names pointed to before (an earlier version of the code), now untagged.
+    run(["podman", "image", "prune", "--force", "--filter", f"label={BUILT_LABEL}"], timeout=300)
 
 
 def leftovers(run: Runner) -> dict[str, list[str]]:

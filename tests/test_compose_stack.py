@@ -76,13 +76,18 @@ def stack(tmp_path_factory) -> Iterator[cs.Stack]:
 
 @pytest.fixture(scope="module")
 def sweep(stack: cs.Stack, tmp_path_factory) -> dict:
-    """Two workers, then the sweep; its console output and its output folder, copied to the host."""
+    """Two workers, then the sweep; its console output and its output folder, copied to the host.
+
+    --no-recreate and --no-deps: podman's Docker API reports a container's network by name where
+    Docker gives the network's id, so Compose takes every running container for one whose network
+    was replaced and recreates it on each `up` or `run`, and a recreated Ray head drops its workers.
+    """
     cs.log.info("compose up --scale ray-worker=2")
-    stack.compose("up", "-d", "--no-build", "--wait", "--wait-timeout", "300", "--scale", "ray-worker=2",
-                  timeout=360)
+    stack.compose("up", "-d", "--no-build", "--no-recreate", "--wait", "--wait-timeout", "300",
+                  "--scale", "ray-worker=2", timeout=360)
     cs.log.info("compose run --rm sweep (%s)", SWEEP_IN_CONTAINER)
-    proc = stack.compose("run", "--rm", "--no-TTY", "-v", f"{SWEEP}:/app/{SWEEP_IN_CONTAINER}:ro", "sweep",
-                         timeout=600, check=False)
+    proc = stack.compose("run", "--rm", "--no-deps", "--no-TTY", "-v", f"{SWEEP}:/app/{SWEEP_IN_CONTAINER}:ro",
+                         "sweep", timeout=600, check=False)
     results = tmp_path_factory.mktemp("results")
     copied = stack.compose("cp", f"ray-head:{OUTPUT}/.", str(results), timeout=120, check=False)
     return {"proc": proc, "results": results, "copied": copied}
