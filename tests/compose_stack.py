@@ -12,7 +12,8 @@ needed:
   in the cache folder, given to the builds as the build context `wheels`;
 - the project's images are built by `podman build` from the repository's own Dockerfiles, with
   the stand-in bases as build arguments, under the image names docker-compose.yml uses; the stack
-  then comes up with `compose up --no-build`.
+  then comes up with `compose up --no-build`. (Compose's own build needs BuildKit, which it would
+  start from an image on Docker Hub, and its classic builder takes no `additional_contexts`.)
 
 Caches live outside the checkout (RNNSWEEP_STACK_CACHE, default ~/.cache/rnnsweep-compose; the
 images in podman's store), so a second run skips the debootstrap, the apt installs and the
@@ -110,7 +111,7 @@ def podman_env() -> dict[str, str]:
 
 def ensure_podman(run: Runner) -> None:
     """podman, runc and the rest installed from Debian's packages if absent (root and apt-get needed)."""
-    missing = [p for p in ("podman", "runc", "netavark", "iptables", "debootstrap")
+    missing = [p for p in ("podman", "runc", "netavark", "aardvark-dns", "iptables", "debootstrap")
                if not shutil.which(p) and not Path("/usr/lib/podman", p).exists()]
     if not missing:
         return
@@ -151,8 +152,8 @@ def build_bases(run: Runner, wheels: Path) -> None:
         if _label(run, image) == recipe:
             return
         log.info("building %s (%s)", image, containerfile)
-        run(["podman", "build", "--label", f"{RECIPE_LABEL}={recipe}", "--label", f"{BUILT_LABEL}=1", "-t", image, "-f",
-             SUPPORT / containerfile, *args, SUPPORT], timeout=900)
+        run(["podman", "build", "--label", f"{RECIPE_LABEL}={recipe}", "--label", f"{BUILT_LABEL}=1",
+             "-t", image, "-f", SUPPORT / containerfile, *args, SUPPORT], timeout=900)
 
     files = {name: (SUPPORT / name).read_bytes() for name in
              ("python.Containerfile", "mlflow.Containerfile", "postgres.Containerfile", "postgres-entrypoint.sh")}
@@ -382,7 +383,7 @@ def leftovers(run: Runner) -> dict[str, list[str]]:
                       ("volumes", ["podman", "volume", "ls", "--filter", label, "--format", "{{.Name}}"]),
                       ("networks", ["podman", "network", "ls", "--format", "{{.Name}}"])):
         names = run(cmd, timeout=60).stdout.split()
-        if kind == "networks":  # podman 4.3 filters networks by label only for its own labels: match the name
+        if kind == "networks":  # Compose names a project's networks <project>_<network>
             names = [n for n in names if n.startswith(PROJECT + "_")]
         found[kind] = names
     return found

@@ -8,13 +8,13 @@ tests/stack/override.yml (the Postgres stand-in image) and the env file (test se
 one CPU per Ray node, a smaller /dev/shm, the small sweep).
 
 The stack: postgres, mlflow, ray-head and two ray-workers (1 CPU each), then `compose run --rm
-sweep` with tests/stack/smoke.yaml (4 trials of 3,000 iterations, 3 at a time). The checks: the sweep
+sweep` with tests/stack/smoke.yaml (4 trials of 9,000 iterations, 3 at a time). The checks: the sweep
 ends with code 0; its trials ran on at least two Ray nodes of the cluster; every run and artifact
 is on the MLflow server through its 127.0.0.1 port, and the runs are rows in Postgres; the Ray
 dashboard refuses a request without the token; `down -v` leaves no container, volume or network.
 
-First run (cold) about 6 minutes: debootstrap, apt, the wheelhouse, the images. A later run reuses
-them (~/.cache/rnnsweep-compose and podman's image store) and takes about 3 minutes.
+First run (cold) about 7 minutes on two cores: debootstrap, apt, the wheelhouse, the images. A later
+run reuses them (~/.cache/rnnsweep-compose and podman's image store) and takes about 2 minutes.
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ SWEEP_IN_CONTAINER = "stack/smoke.yaml"   # relative to the image's WORKDIR /app
 EXPERIMENT = "stack-smoke"
 OUTPUT = "/app/results/stack-smoke"
 TRIALS = 4
-SAMPLES = ["samples/iter_003000.txt"]
+SAMPLES = ["samples/iter_009000.txt"]
 
 
 @pytest.fixture(scope="module")
