@@ -376,7 +376,7 @@ def build_project_images(run: Runner, images: dict[str, str], wheels: Path) -> N
 
 
 def leftovers(run: Runner) -> dict[str, list[str]]:
-    """Containers, volumes and networks of the test's compose project that still exist."""
+    """Containers, volumes, networks and processes (conmon) of the test's compose project that still exist."""
     label = f"label=com.docker.compose.project={PROJECT}"
     found = {}
     for kind, cmd in (("containers", ["podman", "ps", "-a", "--filter", label, "--format", "{{.Names}}"]),
@@ -386,6 +386,21 @@ def leftovers(run: Runner) -> dict[str, list[str]]:
         if kind == "networks":  # Compose names a project's networks <project>_<network>
             names = [n for n in names if n.startswith(PROJECT + "_")]
         found[kind] = names
+    found["processes"] = _stack_processes()
+    return found
+
+
+def _stack_processes() -> list[str]:
+    """Processes that serve one of the project's containers or exec sessions (conmon, named with -n)."""
+    found = []
+    for pid in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (pid / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:  # ended meanwhile
+            continue
+        name = argv[argv.index("-n") + 1] if "-n" in argv[:-1] else ""
+        if name.startswith(PROJECT + "-"):
+            found.append(f"{pid.name}: {argv[0]} -n {name}")
     return found
 
 

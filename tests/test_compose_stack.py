@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -175,5 +176,7 @@ def test_ray_dashboard_requires_the_token(stack: cs.Stack) -> None:
 def test_down_leaves_nothing_behind(stack: cs.Stack) -> None:
     stack.close()
     assert stack.service.proc.poll() is not None, "the podman API service still runs"
-    left = cs.leftovers(stack.run)
-    assert left == {"containers": [], "volumes": [], "networks": []}, left
+    deadline = time.monotonic() + 60   # exec sessions' conmon processes end 10 s after the session (containers.conf)
+    while (left := cs.leftovers(stack.run))["processes"] and time.monotonic() < deadline:
+        time.sleep(2)
+    assert left == {"containers": [], "volumes": [], "networks": [], "processes": []}, left
