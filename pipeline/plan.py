@@ -19,7 +19,8 @@ from .vocab import METRICS
 if TYPE_CHECKING:
     from .config import SweepConfig
 
-__all__ = ["WORKER_BYTES", "machine_memory", "memory_problem", "notes", "plan_text", "trial_memory"]
+__all__ = ["WORKER_BYTES", "crowding_note", "machine_memory", "memory_problem", "notes", "plan_text",
+           "trial_memory"]
 
 # A trial's process besides its arrays: Python, numpy, Ray's worker and the corpus (measured: 250-300 MB RSS)
 WORKER_BYTES = 300 << 20
@@ -110,6 +111,29 @@ def memory_problem(cfg: SweepConfig, available: int, where: str) -> str | None:
         ways.append("use dtype float32")
     return (f"train: a trial needs about {_gib(need)} of memory ({shown}), more than {where} has "
             f"({_gib(available)}); {', '.join(ways)}, or run on a node with more memory")
+
+
+def crowding_note(cfg: SweepConfig, nodes: list[dict[str, float]]) -> str | None:
+    """Advice when the trials that can run at once on one node (its CPUs over resources.cpu, at most
+    max_concurrent_trials) need more memory together than the node has; ``nodes`` as Ray reports their
+    resources ("CPU", "memory"). None when they fit: each trial alone fits (memory_problem checks that)."""
+    if not cfg.resources.cpu:
+        return None
+    need, _ = trial_memory(cfg)
+    runs = cfg.max_concurrent_trials or cfg.num_trials
+    worst = None
+    for node in nodes:
+        at_once = min(int(node.get("CPU", 0) // cfg.resources.cpu), runs, cfg.num_trials)
+        memory = int(node.get("memory", 0))
+        if at_once > 1 and at_once * need > memory and (worst is None or at_once * need - memory > worst[2]):
+            worst = (at_once, memory, at_once * need - memory)
+    if worst is None:
+        return None
+    at_once, memory, _ = worst
+    fits = max(1, memory // need)
+    return (f"up to {at_once} trials at once on a node with {_gib(memory)} of memory need about "
+            f"{_gib(at_once * need)} together; set max_concurrent_trials: {fits} (or raise resources.cpu) so the "
+            "ones running together fit, or the kernel may kill their workers (retried as worker failures)")
 
 
 def machine_memory() -> int:

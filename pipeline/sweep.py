@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from . import folder, raycompat
 from .config import ConfigError, SweepConfig, load_sweep
 from .diskfull import describe, disk_full, message
-from .plan import machine_memory, memory_problem
+from .plan import crowding_note, machine_memory, memory_problem
 from .tracking import TrackingError  # (tracking imports MLflow only when it uses it)
 from .vocab import CLOSED, finite, ranked
 
@@ -349,6 +349,9 @@ def _check_resources(cfg: SweepConfig, *, local: bool) -> None:
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     _check_memory(cfg, int(max((n.get("memory", 0) for n in nodes), default=0)),
                   "the largest Ray node (Ray's memory resource)")
+    crowded = crowding_note(cfg, nodes)
+    if crowded:
+        print(f"note: {crowded}", file=sys.stderr, flush=True)
     total = ray.cluster_resources()
     for key, want in (("CPU", cfg.resources.cpu), ("GPU", cfg.resources.gpu)):
         have = total.get(key, 0.0)

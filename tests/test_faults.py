@@ -1301,3 +1301,23 @@ def test_a_trial_larger_than_the_cgroup_memory_limit_exits_2(tmp_path: Path, cli
     assert proc.returncode == 2, proc.stderr
     assert "hidden_size 12000" in proc.stderr and "more than this machine has (4.0 GiB)" in proc.stderr, proc.stderr
     assert list(fresh_ray_tmpdir.iterdir()) == [] and not (tmp_path / "out").exists()
+
+
+def test_trials_that_fit_alone_but_not_together_get_a_note_with_the_concurrency_that_fits(tmp_path: Path) -> None:
+    """Each trial fits a node, but as many as its CPUs allow would not fit together: the driver notes the
+    max_concurrent_trials that fits (the kernel's OOM killer would otherwise end their workers)."""
+    from pipeline.config import load_sweep
+    from pipeline.plan import crowding_note, trial_memory
+
+    sweep = edit(train__hidden_size=4096, train__dtype="float64", num_samples=8,
+                 train__learning_rate={"loguniform": [0.01, 0.1]}, max_concurrent_trials=None)(copy.deepcopy(BAD_BASE))
+    cfg = load_sweep(write_sweep(tmp_path, sweep, corpus(5000)))
+    need, _ = trial_memory(cfg)
+    node = {"CPU": 8.0, "memory": float(3 * need + need // 2)}  # room for 3 of the 8 trials
+    note = crowding_note(cfg, [node])
+    assert note is not None and note.startswith("up to 8 trials at once on a node with ")
+    assert "set max_concurrent_trials: 3 " in note, note
+    assert crowding_note(cfg, [{**node, "CPU": 3.0}]) is None  # 3 at once fit
+    assert crowding_note(cfg, [{**node, "memory": 9.0 * need}]) is None
+    capped = load_sweep(write_sweep(tmp_path, {**sweep, "max_concurrent_trials": 2}))
+    assert crowding_note(capped, [node]) is None
