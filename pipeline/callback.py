@@ -42,8 +42,10 @@ class SweepCallback(tune.Callback):
 
     def __init__(self, *, cfg: SweepConfig, tracker, table, budget_deadline: float | None = None):
         self.cfg = cfg
-        self.tracker = _Guarded(tracker, on_failure=self._tracking_failed)
-        self.table = _Saving(table, on_full=self._stop_for_full_disk)
+        self.tracker = _Guarded(tracker, failed=_store_error, on_failure=self._tracking_failed)
+        # the tables' rows stay in memory when the disk is full: later calls are still made (keep_calling)
+        self.table = _Guarded(table, failed=disk_full, on_failure=self.full_disk, methods=TABLE_WRITES,
+                              keep_calling=True)
         self.disk_error: str | None = None  # what a full disk kept from being written, if it did (see diskfull)
         self._stopping = False  # this callback sent the SIGINT that stops the sweep
         self.fitting = False  # between Tune's setup and the end of its run: while Tune handles SIGINT
@@ -173,11 +175,8 @@ class SweepCallback(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         error = (trial.last_result or {}).get("memory_error")
-        if error:  # out of memory: failed, not retried (pipeline.trainable)
-            for t in (self._pack_members(trial) if self._is_pack(trial) else [trial]):
-                key, _ = self._key(t)
-                last = {**trial.last_result, **self.last.get(key, ({}, None))[0]}  # its newest report, if any
-                self._close(key, self._run(t), "failed", {"error": error[-5000:]}, last, error=error)
+        if error:  # out of memory: failed, not retried (pipeline.trainable); the row keeps its newest report
+            self._fail(trial, error, lambda t: {**trial.last_result, **self.last.get(self._key(t)[0], ({}, None))[0]})
             return
         if not self._is_pack(trial):
             self._complete(trial, trial.last_result or {}, trial.checkpoint, None)
@@ -201,11 +200,13 @@ class SweepCallback(tune.Callback):
         self._close(key, run, status, tags, last, error=tags.get("error", ""))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        err = raycompat.error_text(trial)
+        self._fail(trial, raycompat.error_text(trial), lambda t: t.last_result or {})
+
+    def _fail(self, trial, error: str, last: Callable[[Any], dict[str, Any]]) -> None:
+        """Close the trial (a pack: each member) as failed with ``error``; ``last(t)``: the report its row keeps."""
         for t in (self._pack_members(trial) if self._is_pack(trial) else [trial]):
             key, _ = self._key(t)
-            run = self._run(t)
-            self._close(key, run, "failed", {"error": err[-5000:]}, t.last_result or {}, error=err)
+            self._close(key, self._run(t), "failed", {"error": error[-5000:]}, last(t), error=error)
 
     def on_experiment_end(self, trials, **info):
         """Tune's run ends (all trials done, interrupted, or out of time): close what no driver closed."""
@@ -392,65 +393,49 @@ class SweepCallback(tune.Callback):
 
 
 class _Guarded:
-    """The tracker as the callback uses it: the first call that fails with a tracking error (pipeline.tracking's
-    store_errors) is kept in ``error`` and reported to ``on_failure``; it and every later call then return None."""
+    """The tracker or the tables as the callback uses them: a call that fails with an error ``failed`` recognises
+    (it returns the error, else None) is reported to ``on_failure`` and returns None instead of raising; the first
+    such error is kept in ``error``. Only ``methods`` are guarded (None: every method). Then, unless
+    ``keep_calling``, every later call returns None without being made."""
 
-    def __init__(self, tracker, *, on_failure: Callable[[BaseException], None]):
-        self._tracker, self._on_failure = tracker, on_failure
+    def __init__(self, target, *, failed: Callable[[BaseException], BaseException | None],
+                 on_failure: Callable[[BaseException], Any], methods: frozenset[str] | None = None,
+                 keep_calling: bool = False):
+        self._target, self._failed, self._on_failure = target, failed, on_failure
+        self._methods, self._keep_calling = methods, keep_calling
         self.error: BaseException | None = None
 
     def __getattr__(self, name: str):
-        if name.startswith("_"):  # (pickle looks for __setstate__ before _tracker is set)
+        if name.startswith("_"):  # (pickle looks for __setstate__ before _target is set)
             raise AttributeError(name)
-        attr = getattr(self._tracker, name)
-        if not callable(attr):
+        attr = getattr(self._target, name)
+        if not callable(attr) or (self._methods is not None and name not in self._methods):
             return attr
 
         def call(*args, **kwargs):
-            if self.error is not None:
+            if self.error is not None and not self._keep_calling:
                 return None
             try:
                 return attr(*args, **kwargs)
             except Exception as e:
-                from .tracking import store_errors
-
-                if not isinstance(e, store_errors()):
+                failure = self._failed(e)
+                if failure is None:
                     raise
-                self.error = e
-                self._on_failure(e)
+                self.error = self.error or failure
+                self._on_failure(failure)
                 return None
 
         return call
 
 
-class _Saving:
-    """The tables as the callback uses them: a call that writes (``write``, ``add_report``, ``start_trial``) and
-    finds the disk full (pipeline.diskfull) reports it to ``on_full`` and returns None instead of raising; the rows
-    it changed stay in memory, to be written by a later call or by --resume."""
+TABLE_WRITES = frozenset({"write", "add_report", "start_trial"})  # the ResultsTable methods that write files
 
-    WRITES = frozenset({"write", "add_report", "start_trial"})
 
-    def __init__(self, table, *, on_full: Callable[[str], None]):
-        self._table, self._on_full = table, on_full
+def _store_error(error: BaseException) -> BaseException | None:
+    """``error`` if it says the tracking store cannot be used (pipeline.tracking's store_errors), else None."""
+    from .tracking import store_errors
 
-    def __getattr__(self, name: str):
-        if name.startswith("_"):  # (pickle looks for __setstate__ before _table is set)
-            raise AttributeError(name)
-        attr = getattr(self._table, name)
-        if name not in self.WRITES:
-            return attr
-
-        def call(*args, **kwargs):
-            try:
-                return attr(*args, **kwargs)
-            except OSError as e:
-                full = disk_full(e)
-                if full is None:
-                    raise
-                self._on_full(describe(full, where=str(self._table.output)))
-                return None
-
-        return call
+    return error if isinstance(error, store_errors()) else None
 
 
 class _Member:

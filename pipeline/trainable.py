@@ -131,9 +131,10 @@ def _out_of_memory_ends_it(cfg: TrainConfig, fields: dict[str, Any]) -> Iterator
     try:
         yield
     except MemoryError as e:
-        tune.report({"memory_error": f"out of memory on node {ray.util.get_node_ip_address()}: {e}",
+        where = _where()
+        tune.report({"memory_error": f"out of memory on node {where['node_ip']}: {e}",
                      "iteration": 0, "val_loss": math.inf, "val_bpc": math.inf, "train_loss": math.inf,
-                     "target_iterations": cfg.iterations, **_where(), **fields})
+                     "target_iterations": cfg.iterations, **where, **fields})
 
 
 @contextlib.contextmanager
