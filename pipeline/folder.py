@@ -17,8 +17,8 @@ from typing import Any, Iterator
 from .config import SweepConfig
 from .sweepfile import parse_yaml
 
-__all__ = ["FolderError", "IDENTITY_FILE", "LOCK_FILE", "check", "identity", "identity_changes", "lock",
-           "record_identity", "refuse_if_in_use"]
+__all__ = ["FolderError", "IDENTITY_FILE", "LOCK_FILE", "check", "holds_sweep", "identity", "identity_changes",
+           "lock", "record_identity", "refuse_if_in_use"]
 
 LOCK_FILE = ".lock"  # held by the running driver (see lock)
 IDENTITY_FILE = "sweep.json"  # the sweep file and corpus a sweep started with
@@ -83,8 +83,7 @@ def check(cfg: SweepConfig, *, resume: bool) -> str:
     file and the corpus, recorded in IDENTITY_FILE) and its tables (they must read back). Writes nothing.
     Returns the folder of Tune's own state."""
     output = cfg.output.resolve()
-    has_run = any((output / t).exists() for t in ("trials.parquet", "history.parquet")) or \
-        (not cfg.storage and (output / "tune").exists())
+    has_run = holds_sweep(cfg)
     if has_run and not resume:
         raise FolderError(f"output folder {cfg.output} already holds a sweep; add --resume to finish it, "
                           "or set `output:` to a new folder")
@@ -106,6 +105,14 @@ def check(cfg: SweepConfig, *, resume: bool) -> str:
         except TableError as e:
             raise FolderError(f"--resume: {e}") from None
     return (cfg.storage.rstrip("/") + "/" + cfg.name) if cfg.storage else str(output / "tune")
+
+
+def holds_sweep(cfg: SweepConfig) -> bool:
+    """Whether the output folder holds a sweep that started (a table, or Tune's state kept there): one --resume
+    finishes and a plain run refuses."""
+    output = cfg.output.resolve()
+    return any((output / t).exists() for t in ("trials.parquet", "history.parquet")) or \
+        (not cfg.storage and (output / "tune").exists())
 
 
 def record_identity(cfg: SweepConfig) -> None:

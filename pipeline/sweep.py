@@ -41,11 +41,6 @@ class SweepError(Exception):
     """Bad input found after parsing (cluster resources, an existing output); exit code 2."""
 
 
-class DiskFullError(Exception):
-    """The disk filled up where the sweep writes (pipeline.diskfull); the sweep was stopped as on Ctrl-C, exit
-    code 130. The message says what could not be written."""
-
-
 def sweep_id(cfg: SweepConfig) -> str:
     """Deterministic: the same sweep name and output folder give the same id (how --resume reattaches)."""
     return hashlib.sha256(f"{cfg.name}\0{cfg.output.resolve()}".encode()).hexdigest()[:16]
@@ -75,8 +70,6 @@ def run_sweep(cfg: SweepConfig, *, address: str | None, resume: bool) -> int:
     # checks that write nothing first: the folder's driver, the folder against --resume, the tracking server
     folder.refuse_if_in_use(cfg)
     tune_dir = folder.check(cfg, resume=resume)
-    if not address:  # (a cluster's nodes are checked once Ray reports them: _check_resources)
-        _check_memory(cfg, machine_memory(), "this machine")
     uri = resolve_uri(cfg.mlflow.tracking_uri)
     check_server(uri)  # before importing Ray and Tune (seconds), so a dead server fails within its timeout
     with folder.lock(cfg):  # a second driver on the same output folder stops here
@@ -108,14 +101,11 @@ def _run_locked(cfg: SweepConfig, tune_dir: str, uri: str, *, address: str | Non
                 sweep.callback.finish()
                 sweep.callback.tracker.finish_sweep(status="KILLED", best=None, files=[])
             raise
-        except Exception as e:  # a full disk outside the callback's writes (starting, Tune's own state)
-            full = disk_full(e)
-            if full is None:
-                raise
-            if sweep is not None:
+        except Exception as e:  # a full disk outside the callback's writes (starting, Tune's own state): main says so
+            if disk_full(e) is not None and sweep is not None:
                 sweep.callback.finish()  # (the tables as far as they can be written)
                 sweep.callback.tracker.finish_sweep(status="KILLED", best=None, files=[])
-            raise DiskFullError(describe(full, where=str(cfg.output.resolve()))) from None
+            raise
         finally:
             ray.shutdown()
 
@@ -124,7 +114,7 @@ def _open_sweep(cfg: SweepConfig, uri: str, *, resume: bool) -> _Sweep:
     """The sweep's MLflow parent run, its tables (with what an earlier driver wrote) and Tune's callback."""
     from .callback import SweepCallback
     from .results import ResultsTable, TableError
-    from .tracking import Tracker, failure_text, store_errors
+    from .tracking import Tracker, store_errors
 
     table = ResultsTable(cfg.output.resolve(), sweep_text=cfg.source_text)
     if resume:
@@ -134,23 +124,18 @@ def _open_sweep(cfg: SweepConfig, uri: str, *, resume: bool) -> _Sweep:
             raise SweepError(f"--resume: {e}") from None
     corpus = cfg.corpus()  # read by load_sweep when it checked the file
     try:  # (check_store caught what it could without opening the store)
-        try:
-            tracker = Tracker(uri=uri, experiment=cfg.mlflow.experiment, sweep_id=sweep_id(cfg), corpus=corpus)
-        except Exception as e:  # noqa: BLE001 - opening a store raises MLflow's, SQLAlchemy's or alembic's errors
-            raise _StoreError(e) from e
+        tracker = Tracker(uri=uri, experiment=cfg.mlflow.experiment, sweep_id=sweep_id(cfg), corpus=corpus)
+    except Exception as e:  # noqa: BLE001 - opening a store raises MLflow's, SQLAlchemy's or alembic's errors
+        raise _unusable_store(uri, e) from None
+    try:
         parent = tracker.start_sweep(name=cfg.name, sweep_text=cfg.source_text, resume=resume,
                                      params={"sweep_file": str(cfg.source_path), "num_trials": cfg.num_trials,
                                              "corpus": str(cfg.data.path), "corpus_sha256": corpus.sha256,
                                              "seed": cfg.seed, "metric": cfg.metric, "mode": cfg.mode,
                                              "scheduler": cfg.scheduler.type, "search_alg": cfg.search_alg.type,
                                              **{f"space.{k}": d.call_text() for k, d in cfg.searched.items()}})
-    except (_StoreError, *store_errors()) as e:
-        e = e.args[0] if isinstance(e, _StoreError) else e
-        if disk_full(e):
-            raise e from None
-        raise TrackingError(f"the MLflow tracking store at {uri} cannot be used ({failure_text(e)}); repair it or "
-                            "move it aside, or set mlflow.tracking_uri (or MLFLOW_TRACKING_URI) to another store"
-                            ) from None
+    except store_errors() as e:
+        raise _unusable_store(uri, e) from None
     if resume and not table.history_path.exists():  # moved aside: the reports MLflow has
         for trial_id, run in tracker.children.items():
             for row in tracker.metric_rows(run):
@@ -173,8 +158,15 @@ def _open_sweep(cfg: SweepConfig, uri: str, *, resume: bool) -> _Sweep:
                   packs=packs)
 
 
-class _StoreError(Exception):
-    """Opening the tracking store failed; args[0] is the error."""
+def _unusable_store(uri: str, error: Exception) -> Exception:
+    """What to raise when the tracking store failed as the sweep opened it: a full disk as it is (main says so),
+    else a TrackingError (exit 2) naming the store and the way on."""
+    from .tracking import failure_text
+
+    if disk_full(error) is not None:
+        return error
+    return TrackingError(f"the MLflow tracking store at {uri} cannot be used ({failure_text(error)}); repair it or "
+                         "move it aside, or set mlflow.tracking_uri (or MLFLOW_TRACKING_URI) to another store")
 
 
 def _build_tuner(sweep: _Sweep, tune_dir: str, *, resume: bool):
@@ -246,8 +238,7 @@ def _finish(sweep: _Sweep) -> int:
     lost = sweep.callback.tracking_error
     full = sweep.callback.disk_error or (describe(lost) if disk_full(lost) else None)
     if full is not None:
-        print("\n" + message(full, resume_command=again(cfg)), file=sys.stderr)
-        return 130
+        return _stopped_by_full_disk(cfg, full)
     if lost is not None:  # the callback stopped the sweep as Ctrl-C does; MLflow's side is closed by --resume
         print(f"\nerror: lost the MLflow tracking store at {sweep.tracking_uri} ({failure_text(lost)}); the trials were "
               f"stopped and kept as on Ctrl-C; once it answers again, finish with  "
@@ -347,8 +338,10 @@ def _check_resources(cfg: SweepConfig, *, local: bool) -> None:
                          "pip install '.[gpu]' (or '.[gpu-cuda13]'), or set device: cpu")
 
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    _check_memory(cfg, int(max((n.get("memory", 0) for n in nodes), default=0)),
-                  "the largest Ray node (Ray's memory resource)")
+    problem = memory_problem(cfg, int(max((n.get("memory", 0) for n in nodes), default=0)),
+                             "the largest Ray node (Ray's memory resource)")
+    if problem:  # each try of such a trial would fail allocating its arrays, or be killed by the OOM killer
+        raise SweepError(problem)
     crowded = crowding_note(cfg, nodes)
     if crowded:
         print(f"note: {crowded}", file=sys.stderr, flush=True)
@@ -358,13 +351,6 @@ def _check_resources(cfg: SweepConfig, *, local: bool) -> None:
         if want > 0 and have < want:
             raise SweepError(f"resources.{key.lower()}: each trial asks for {want:g} {key}, but the Ray cluster has "
                              f"{have:g}; lower resources.{key.lower()} or add nodes that have {key}s")
-
-
-def _check_memory(cfg: SweepConfig, available: int, where: str) -> None:
-    """A trial that cannot fit would fail allocating its arrays (or be killed by the OOM killer) once per try."""
-    problem = memory_problem(cfg, available, where)
-    if problem:
-        raise SweepError(problem)
 
 
 def _param_space(cfg: SweepConfig, packs: list | None = None) -> dict[str, Any]:
@@ -457,13 +443,14 @@ def _stop_like_ctrl_c() -> None:
             signal.signal(sig, as_sigint)
 
 
-def _started(cfg: SweepConfig) -> bool:
-    return (cfg.output / "trials.parquet").exists() or (cfg.output / "tune").exists()
-
-
 def again(cfg: SweepConfig) -> str:
-    """The command that finishes a stopped sweep: with --resume once it started (Tune's state or a table exists)."""
-    return f"python -m pipeline.sweep {cfg.source_path}" + (" --resume" if _started(cfg) else "")
+    """The command that finishes a stopped sweep: with --resume once its folder holds one (folder.holds_sweep)."""
+    return f"python -m pipeline.sweep {cfg.source_path}" + (" --resume" if folder.holds_sweep(cfg) else "")
+
+
+def _stopped_by_full_disk(cfg: SweepConfig, what: str) -> int:
+    print("\n" + message(what, resume_command=again(cfg)), file=sys.stderr)
+    return 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -475,31 +462,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     address = args.address or os.environ.get("RAY_ADDRESS") or cfg.ray.address
+    # a trial this machine cannot hold, before Ray starts (a cluster's nodes: once Ray reports them, _check_resources)
+    too_big = None if address else memory_problem(cfg, machine_memory(), "this machine")
     if args.dry_run:
         print(cfg.plan_text())
-        problem = None if address else memory_problem(cfg, machine_memory(), "this machine")
-        if problem:
-            print(f"error: {problem}", file=sys.stderr)
-            return 2
+    if too_big:
+        print(f"error: {too_big}", file=sys.stderr)
+        return 2
+    if args.dry_run:
         return 0
     try:
         return run_sweep(cfg, address=address, resume=args.resume)
     except KeyboardInterrupt:  # Ctrl-C outside Tune's run (starting up, writing the summary)
-        print(f"\ninterrupted: finish with  {again(cfg)}" if _started(cfg)
+        print(f"\ninterrupted: finish with  {again(cfg)}" if folder.holds_sweep(cfg)
               else "\ninterrupted before any trial started; run the same command again", file=sys.stderr)
-        return 130
-    except DiskFullError as e:
-        print("\n" + message(str(e), resume_command=again(cfg)), file=sys.stderr)
-        return 130
-    except OSError as e:  # a full disk before Ray started (the lock, the folder's checks)
-        if disk_full(e) is None:
-            raise
-        print("\n" + message(describe(e, where=str(cfg.output.resolve())), resume_command=again(cfg)),
-              file=sys.stderr)
         return 130
     except (SweepError, ConfigError, folder.FolderError, TrackingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - a full disk, wherever it was found (the others are raised again)
+        full = disk_full(e)
+        if full is None:
+            raise
+        return _stopped_by_full_disk(cfg, describe(full, where=str(cfg.output.resolve())))
 
 
 if __name__ == "__main__":
