@@ -14,6 +14,7 @@ from rnncore.config import FIELD_NAMES, TrainConfig
 from rnncore.trainer import memory_bytes
 
 from .sections import AshaScheduler, OptunaSearch, PbtScheduler, Scheduler
+from .space import Domain
 from .vocab import METRICS
 
 if TYPE_CHECKING:
@@ -170,7 +171,7 @@ def _cgroup_limit_files() -> list[str]:
 
 def _values(cfg: SweepConfig, name: str) -> list[Any]:
     value = cfg.train.get(name, getattr(TrainConfig, name))
-    return list(value.values()) if hasattr(value, "values") and callable(value.values) else [value]
+    return list(value.values()) if isinstance(value, Domain) else [value]
 
 
 def _gib(n: int) -> str:

@@ -187,19 +187,25 @@ def can_restore(tune_dir: str) -> bool:
 STATE_SAVING_LOGGER = "ray.tune.execution.experiment_state"  # logs (and swallows) a failure to save Tune's state
 
 
+class _StateSaveHook(logging.Filter):
+    """Hands the error of each record Tune logs about saving its state to ``handler``; drops those it took."""
+
+    def __init__(self, handler: Callable[[BaseException], bool]):
+        super().__init__()
+        self.handler = handler
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return error is None or not self.handler(error)
+
+
 def on_state_save_error(handler: Callable[[BaseException], bool]) -> None:
     """Call ``handler(error)`` when Tune fails to save its state (its syncer logs the error and goes on); a record
-    the handler returns True for is not logged."""
-
-    class _Hook(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            error = record.exc_info[1] if record.exc_info else None
-            return error is None or not handler(error)
-
+    the handler returns True for is not logged. Replaces the handler an earlier call set."""
     logger = logging.getLogger(STATE_SAVING_LOGGER)
-    for f in [f for f in logger.filters if type(f).__name__ == "_Hook"]:
+    for f in [f for f in logger.filters if isinstance(f, _StateSaveHook)]:
         logger.removeFilter(f)
-    logger.addFilter(_Hook())
+    logger.addFilter(_StateSaveHook(handler))
 
 
 def keep_pbt_schedule(pbt: Any, trial: Any, done: int) -> None:
