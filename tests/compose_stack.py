@@ -318,12 +318,6 @@ class HealthChecks:
 # -------------------------------------------------------------------------------------------- compose
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def write_env_file(path: Path, **values: str) -> dict[str, str]:
     """.env.example with test secrets (random, URL-safe) and the given values; returns the settings."""
     settings = {}

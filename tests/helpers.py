@@ -4,6 +4,7 @@
   sweep dict, `make_read_only_dir` sets up an output folder nobody may write to, `alias_bomb` is a sweep file
   whose one valid key hides a YAML "billion laughs".
 - Sweep outputs: `read_trials` and `read_history` read a sweep's Parquet tables in a fixed row order.
+- Servers: `free_port`, a TCP port free on 127.0.0.1.
 - Numbers: `rel_diff`, the relative difference every parity test judges its tolerance by, and
   `assert_same_state`, the bit-for-bit comparison of two trainers' states that every resume test makes.
 
@@ -11,6 +12,7 @@ Fixtures (working directories, CLI subprocesses) are in conftest.py.
 """
 from __future__ import annotations
 
+import socket
 import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -69,6 +71,13 @@ def make_read_only_dir(folder: Path) -> None:
     """`folder/ro`, readable but not writable: an output folder under it cannot be created (unless run as root)."""
     (folder / "ro").mkdir()
     (folder / "ro").chmod(stat.S_IRUSR | stat.S_IXUSR)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------------------- sweep outputs

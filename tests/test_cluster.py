@@ -49,7 +49,7 @@ from typing import Any, Iterator
 import pandas as pd
 import pytest
 
-from helpers import read_history, read_trials, write_sweep
+from helpers import free_port, read_history, read_trials, write_sweep
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -120,12 +120,6 @@ TINY: dict[str, Any] = {
 HEAD_MEMORY = 2 * 10**12  # bytes the head node claims (see the module docstring)
 
 # ------------------------------------------------------------------------------------------- processes
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager

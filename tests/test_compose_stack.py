@@ -29,6 +29,7 @@ from typing import Iterator
 import pytest
 
 import compose_stack as cs
+from helpers import free_port
 from test_compose import COMPOSE_BIN
 
 pytestmark = [
@@ -61,8 +62,8 @@ def stack(tmp_path_factory) -> Iterator[cs.Stack]:
             pytest.skip(str(e))
         stack = cs.Stack.start(
             run, COMPOSE_BIN, workdir,
-            MLFLOW_PORT=str(cs.free_port()), RAY_DASHBOARD_PORT=str(cs.free_port()),
-            RAY_CLIENT_PORT=str(cs.free_port()),
+            MLFLOW_PORT=str(free_port()), RAY_DASHBOARD_PORT=str(free_port()),
+            RAY_CLIENT_PORT=str(free_port()),
             RAY_HEAD_CPUS="1", RAY_WORKER_CPUS="1", RAY_SHM_SIZE="512mb",   # two cores on this machine
             SWEEP_FILE=SWEEP_IN_CONTAINER,
         )

@@ -44,7 +44,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from helpers import alias_bomb, edit, make_read_only_dir, read_history, read_trials, write_sweep
+from helpers import alias_bomb, edit, free_port, make_read_only_dir, read_history, read_trials, write_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 PIDFILE_ENV = "RNNSWEEP_TEST_PIDFILE_DIR"
@@ -1165,7 +1165,7 @@ def test_a_tracking_server_that_dies_mid_sweep_stops_it_like_ctrl_c(tmp_path: Pa
     the driver stops the trials as on Ctrl-C, prints one line naming the server and the --resume command, and
     exits 130 (it used to retry for about 4 minutes and die with 272 lines of tracebacks). With the server back
     on the same port and store, --resume finishes: every run closed, every report in MLflow once."""
-    from test_cluster import Procs, free_port, http_ok, start_mlflow_server, wait_for
+    from test_cluster import Procs, http_ok, start_mlflow_server, wait_for
 
     home, ray_tmp, spare = tmp_path / "server", short_tmp(), short_tmp()
     home.mkdir()
