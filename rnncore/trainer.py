@@ -18,6 +18,7 @@ from typing import Iterator
 import numpy as np
 
 from . import optim
+from .cells import CELLS
 from .config import SHAPE_KEYS, TrainConfig
 from .data import Corpus, Vocab, check_fits, stream_length
 from .model import Params, Workspace, advance, evaluate, init_params, loss_and_grads, sample, to_numpy
@@ -52,7 +53,7 @@ def memory_bytes(cfg: TrainConfig, vocab_size: int, members: int = 1) -> int:
     """About the most memory a Trainer of `cfg` (or a PackedTrainer of `members` such trials) holds, in bytes,
     counted from the arrays it allocates; no allocation is made. Per member, in units of the dtype:
 
-        P = the parameter count (rnncore.model.shapes)
+        P = the parameter count (Params.size)
         state:      weights, optimizer memory (Adam: and its moment), the update's scratch        3 P (Adam 4 P)
         a window:   per layer 4 T B H (rnn) or (2G + 5) T B H + G H H (gated: gates, Whh^T per block),
                     the first layer's G V H table (gated), the output's 2 T B V, its own gradients P;
@@ -65,12 +66,9 @@ def memory_bytes(cfg: TrainConfig, vocab_size: int, members: int = 1) -> int:
     Against the peak resident memory a process gains training and evaluating (Python and numpy not counted):
     0.97-1.27 times it for the rnn, LSTM and GRU models of tests/test_engine_io.py (110 MiB to 1 GiB), 0.89-1.18
     for models up to 6 GiB."""
-    from .cells import CELLS
-    from .model import shapes
-
     H, L, T, B, V = cfg.hidden_size, cfg.num_layers, cfg.seq_length, cfg.batch_size, vocab_size
     G = CELLS[cfg.cell].G
-    P = sum(a * b for a, b in shapes(H, V, cfg.cell, L).values())
+    P = Params.size(H, V, None, cfg.cell, L)
     gated = G > 1
 
     def window(T: int, B: int) -> int:
